@@ -1,0 +1,13 @@
+"""Vision models with every representation tapped, loadable from the published ``.npz`` checkpoints.
+
+``ViT`` (vit_jax), ``ResNetV2`` (BiT) and ``Mixer`` (MLP-Mixer) are Keras functional models built from a config
+dataclass (``XConfig.from_name(preset, **overrides)``); ``model.taps`` lists their representations in forward
+order. ``load_npz`` / ``save_npz`` read and write the release checkpoint formats.
+"""
+
+from vitcnn_tf.models.checkpoint import load_npz, save_npz
+from vitcnn_tf.models.mixer import Mixer, MixerConfig
+from vitcnn_tf.models.resnet_v2 import ResNetV2, ResNetV2Config
+from vitcnn_tf.models.vit import ViT, ViTConfig
+
+__all__ = ["ViTConfig", "ViT", "ResNetV2Config", "ResNetV2", "MixerConfig", "Mixer", "load_npz", "save_npz"]
