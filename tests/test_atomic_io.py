@@ -28,3 +28,12 @@ def test_atomic_open_rejects_read_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_io.atomic_open(tmp_path / "x", "r"):
             pass
+
+
+def test_result_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        atomic_io.write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

@@ -21,6 +21,7 @@ def atomic_open(path, mode="wb"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -50,6 +51,12 @@ def save_figure(fig, path, **savefig_kwargs):
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format=fmt, **savefig_kwargs)
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(value):
