@@ -1,0 +1,135 @@
+"""Mean attention distance of self-attention heads (Section 5, Figures 3 and 4; Dosovitskiy et al. 2021, Fig. 7).
+
+For every query patch, the pixel distances to the key patches are weighted by the attention probabilities; the
+result is averaged over queries and examples, per head. Prefix (CLS) rows and columns are dropped, so only
+patch-to-patch attention counts. A local head has a small mean distance, a global head a large one.
+"""
+
+import numpy as np
+
+from vitcnn_tf.analysis import tokens as token_layout
+
+# Examples converted to float64 at a time (bounds the temporary copy; ViT-B/16: 12 x 196 x 196 floats each).
+_EXAMPLES_PER_CHUNK = 32
+
+
+def patch_distance_matrix(grid_size, patch_size):
+    """``[P, P]`` pixel distances ``patch_size * ||(r_q, c_q) - (r_k, c_k)||`` between the patches of a
+    ``grid_size x grid_size`` grid, patches numbered row-major (``P = grid_size ** 2``)."""
+    rows, cols = np.divmod(np.arange(grid_size * grid_size), grid_size)
+    delta_rows = rows[:, None] - rows[None, :]
+    delta_cols = cols[:, None] - cols[None, :]
+    return float(patch_size) * np.hypot(delta_rows, delta_cols)
+
+
+def _check_attention(attention, patch_size, num_prefix_tokens):
+    """Validate and return ``(attention [n, H, T, T] float64, grid side)``."""
+    attention = token_layout.as_float64(attention, "attention")
+    if attention.ndim != 4:
+        raise ValueError(f"attention: expected rank 4 [n, heads, T, T], got shape {attention.shape}")
+    n, heads, num_queries, num_keys = attention.shape
+    if num_queries != num_keys:
+        raise ValueError(
+            f"attention: expected square [T, T] attention maps (self-attention), got shape {attention.shape}"
+        )
+    if n == 0 or heads == 0:
+        raise ValueError(f"attention: empty array of shape {attention.shape}")
+    if not np.isscalar(patch_size) or not patch_size > 0:
+        raise ValueError(f"patch_size: expected a positive number, got {patch_size!r}")
+    prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, num_queries, "attention")
+    side = token_layout.grid_side(num_queries - prefix, f"attention of shape {attention.shape}")
+    token_layout.check_finite(attention, "attention")
+    if np.any(attention < 0):
+        raise ValueError(f"attention: negative weights (min {attention.min():.3g}); expected probabilities >= 0")
+    return attention, prefix, side
+
+
+def per_example_attention_distance(attention, patch_size, num_prefix_tokens=1, renormalize=True):
+    """``[n, H]`` mean attention distance of each head for each example (averaged over the query patches).
+
+    ``attention``: ``[n, H, T, T]`` probabilities (NumPy or TF), queries on axis 2 and keys on axis 3, with
+    ``T = num_prefix_tokens + g * g``. The first ``num_prefix_tokens`` rows and columns are dropped. With
+    ``renormalize=True`` each query's weights over the patch keys are rescaled to sum to one (the mass a query
+    puts on the CLS key is ignored); with ``False`` they are used as they are, so that mass counts as distance 0.
+    """
+    attention, prefix, side = _check_attention(attention, patch_size, num_prefix_tokens)
+    distances = patch_distance_matrix(side, patch_size)
+    patch_attention = attention[:, :, prefix:, prefix:]
+    if renormalize:
+        mass = patch_attention.sum(axis=-1, keepdims=True)
+        if np.any(mass <= 0):
+            raise ValueError(
+                f"attention: {int(np.sum(mass <= 0))} query row(s) put no weight on any patch key, so they cannot "
+                "be renormalized over the patches; use renormalize=False"
+            )
+        patch_attention = patch_attention / mass
+    per_query = np.einsum("nhqk,qk->nhq", patch_attention, distances)
+    return per_query.mean(axis=-1)
+
+
+def mean_attention_distance(attention, patch_size, num_prefix_tokens=1, renormalize=True):
+    """``[H]`` mean attention distance per head in pixels, averaged over query patches and examples.
+
+    See ``per_example_attention_distance`` for the arguments. The distances are ``patch_size`` times the Euclidean
+    distance between query and key patch on the square patch grid.
+    """
+    accumulator = MeanAttentionDistance(patch_size, num_prefix_tokens, renormalize)
+    accumulator.update(attention)
+    return accumulator.result()
+
+
+class MeanAttentionDistance:
+    """Streaming mean attention distance over a dataset: ``update`` with each ``[n_b, H, T, T]`` batch, then
+    ``result() -> [H]`` (the mean over every example seen, the same as ``mean_attention_distance`` on the
+    concatenation). ``per_example()`` returns the ``[N, H]`` values, e.g. for bootstrap intervals over examples.
+    """
+
+    def __init__(self, patch_size, num_prefix_tokens=1, renormalize=True):
+        self.patch_size = patch_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.renormalize = renormalize
+        self.reset()
+
+    def reset(self):
+        self._per_example = []
+
+    def update(self, attention):
+        """Add the ``[n_b, H, T, T]`` attention probabilities of one batch (converted to float64 in chunks)."""
+        attention = token_layout.as_array(attention)
+        if attention.ndim != 4:
+            raise ValueError(f"attention: expected rank 4 [n, heads, T, T], got shape {attention.shape}")
+        if self._per_example and attention.shape[1] != self._per_example[0].shape[1]:
+            raise ValueError(
+                f"attention: batch has {attention.shape[1]} heads, earlier batches had {self._per_example[0].shape[1]}"
+            )
+        batch = []
+        for start in range(0, max(len(attention), 1), _EXAMPLES_PER_CHUNK):
+            batch.append(
+                per_example_attention_distance(
+                    attention[start : start + _EXAMPLES_PER_CHUNK],
+                    self.patch_size,
+                    self.num_prefix_tokens,
+                    self.renormalize,
+                )
+            )
+        self._per_example.extend(batch)
+
+    def per_example(self):
+        """``[N, H]`` per-example mean distances of all examples seen so far."""
+        if not self._per_example:
+            raise ValueError("MeanAttentionDistance: no attention maps added yet (call update first)")
+        return np.concatenate(self._per_example, axis=0)
+
+    def result(self):
+        """``[H]`` mean distance per head over all examples seen so far."""
+        return self.per_example().mean(axis=0)
+
+
+def head_distance_spread(head_distances):
+    """Spread ``max - min`` of the heads' mean distances: ``[H] -> float`` or ``[L, H] -> [L]`` (per block)."""
+    head_distances = token_layout.as_float64(head_distances, "head_distances")
+    if head_distances.ndim not in (1, 2) or head_distances.shape[-1] == 0:
+        raise ValueError(f"head_distances: expected [H] or [L, H] with H >= 1, got shape {head_distances.shape}")
+    token_layout.check_finite(head_distances, "head_distances")
+    spread = head_distances.max(axis=-1) - head_distances.min(axis=-1)
+    return float(spread) if spread.ndim == 0 else spread

@@ -1,0 +1,231 @@
+"""Token localization (Section 7, Figures 9 and 10): linear CKA between token representations and input patches.
+
+For each token ``t`` (its ``[n, d]`` representation over ``n`` images) and each non-overlapping input patch ``p``
+(its ``[n, patch_size * patch_size * C]`` pixels), ``CKA[t, p]`` is the linear CKA over the examples (biased
+HSIC, as ``vitcnn_tf.metrics.reference.linear_cka``). A well-localized token is most similar to its own patch.
+
+A ResNet "token" is all the channels at one spatial position of a stage output ``[n, h, w, c]``; pass the map
+as it is (positions are taken row-major) and use ``region_mask`` to map each position to the input patches its
+cell of the image covers.
+"""
+
+import warnings
+
+import numpy as np
+
+from vitcnn_tf.analysis import tokens as token_layout
+
+# Upper bound on the bytes of the float64 intermediate blocks held at once (cross-covariances or Gram matrices).
+DEFAULT_MAX_BYTES = 2**28
+METHODS = ("auto", "features", "gram")
+
+
+def image_patches(images, patch_size):
+    """``[n, H, W, C]`` -> ``[n, P, patch_size * patch_size * C]`` non-overlapping patches, row-major on the
+    ``(H / patch_size) x (W / patch_size)`` grid, each flattened in (row, column, channel) order. Float64."""
+    images = token_layout.as_float64(images, "images")
+    if images.ndim != 4:
+        raise ValueError(f"images: expected [n, H, W, C], got shape {images.shape}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise ValueError(f"patch_size: expected a positive int, got {patch_size!r}")
+    n, height, width, channels = images.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"images: height and width {height}x{width} are not multiples of patch_size={patch_size}")
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = images.reshape(n, grid_h, patch_size, grid_w, patch_size, channels).transpose(0, 1, 3, 2, 4, 5)
+    return patches.reshape(n, grid_h * grid_w, patch_size * patch_size * channels)
+
+
+def _center(features):
+    """``[n, k, f]`` -> (features centred over the examples, ``[k]`` bool: the representation varies over the
+    examples; one that is identical for every example is flagged exactly rather than through rounding noise)."""
+    varies = ~np.all(features == features[:1], axis=(0, 2))
+    return features - features.mean(axis=0, keepdims=True), varies
+
+
+def _self_norms(centered):
+    """``[n, k, f]`` centred -> ``[k]`` Frobenius norms ``||X_k^T X_k||_F`` (= ``||X_k X_k^T||_F``)."""
+    per_item = np.ascontiguousarray(centered.transpose(1, 2, 0))  # [k, f, n]
+    return np.linalg.norm(np.matmul(per_item, per_item.transpose(0, 2, 1)), axis=(1, 2))
+
+
+def _cka_features(tokens, patches, max_bytes):
+    """Feature-space linear CKA ``||Y_p^T X_t||_F^2 / (||X_t^T X_t||_F ||Y_p^T Y_p||_F)`` for all pairs: one
+    ``[k * d, P * q]`` cross-covariance GEMM per chunk of ``k`` tokens."""
+    n, num_tokens, dim = tokens.shape
+    _, num_patches, patch_dim = patches.shape
+    flat_patches = patches.reshape(n, num_patches * patch_dim)
+    per_chunk = max(1, int(max_bytes // (8 * dim * num_patches * patch_dim)))
+    cross = np.empty((num_tokens, num_patches))
+    for start in range(0, num_tokens, per_chunk):
+        chunk = tokens[:, start : start + per_chunk]
+        block = chunk.reshape(n, -1).T @ flat_patches  # [k * d, P * q]
+        cross[start : start + per_chunk] = np.square(block).reshape(-1, dim, num_patches, patch_dim).sum(axis=(1, 3))
+    return cross, _self_norms(tokens), _self_norms(patches)
+
+
+def _grams(centered):
+    """``[n, k, f]`` centred -> ``[k, n * n]`` linear Gram matrices."""
+    per_item = np.ascontiguousarray(centered.transpose(1, 0, 2))  # [k, n, f]
+    return np.matmul(per_item, per_item.transpose(0, 2, 1)).reshape(len(per_item), -1)
+
+
+def _cka_grams(tokens, patches, max_bytes):
+    """Gram-space linear CKA ``<K_t, L_p> / (||K_t|| ||L_p||)`` for all pairs, in chunks of Gram matrices (the
+    patch Grams are kept if they fit, else recomputed for every chunk of tokens)."""
+    n, num_tokens, _ = tokens.shape
+    num_patches = patches.shape[1]
+    per_chunk = max(1, int(max_bytes // (2 * 8 * n * n)))
+    cached_patch_grams = _grams(patches) if num_patches <= per_chunk else None
+    cross = np.empty((num_tokens, num_patches))
+    token_norms, patch_norms = np.empty(num_tokens), np.empty(num_patches)
+    for token_start in range(0, num_tokens, per_chunk):
+        token_grams = _grams(tokens[:, token_start : token_start + per_chunk])
+        token_norms[token_start : token_start + per_chunk] = np.linalg.norm(token_grams, axis=1)
+        for patch_start in range(0, num_patches, per_chunk):
+            if cached_patch_grams is None:
+                patch_grams = _grams(patches[:, patch_start : patch_start + per_chunk])
+            else:
+                patch_grams = cached_patch_grams[patch_start : patch_start + per_chunk]
+            patch_norms[patch_start : patch_start + per_chunk] = np.linalg.norm(patch_grams, axis=1)
+            cross[token_start : token_start + per_chunk, patch_start : patch_start + per_chunk] = (
+                token_grams @ patch_grams.T
+            )
+    return cross, token_norms, patch_norms
+
+
+def _cheaper_method(n, num_tokens, dim, num_patches, patch_dim, max_bytes):
+    """``"features"`` or ``"gram"``, whichever needs fewer multiply-adds."""
+    feature_cost = n * (num_tokens * dim * num_patches * patch_dim + num_tokens * dim**2 + num_patches * patch_dim**2)
+    per_chunk = max(1, int(max_bytes // (2 * 8 * n * n)))
+    patch_recomputations = 1 if num_patches <= per_chunk else -(-num_tokens // per_chunk)
+    gram_cost = n * n * (num_tokens * dim + patch_recomputations * num_patches * patch_dim + num_tokens * num_patches)
+    return "features" if feature_cost <= gram_cost else "gram"
+
+
+def token_patch_cka(tokens, images, patch_size, num_prefix_tokens=0, method="auto", max_bytes=DEFAULT_MAX_BYTES):
+    """``[T - num_prefix_tokens, P]`` linear CKA between every token and every input patch.
+
+    ``tokens``: ``[n, T, d]`` (or a conv map ``[n, h, w, c]``, taken as ``h * w`` tokens row-major); the first
+    ``num_prefix_tokens`` tokens (CLS) are dropped, so row ``i`` is the ``i``-th spatial token. ``images``:
+    ``[n, H, W, C]``, split into ``P`` patches as ``image_patches``. Float64, features centred over the examples.
+
+    ``method``: ``"features"`` (cross-covariances, cost ``~ n T d P q``), ``"gram"`` (``n x n`` Gram matrices,
+    cost ``~ n^2 (T d + P q + T P)``) or ``"auto"`` (the cheaper); intermediate blocks stay within ``max_bytes``.
+    A token or patch that is constant over the examples has no defined CKA: its entries are NaN and a
+    ``RuntimeWarning`` names it (as ``vitcnn_tf.metrics.reference``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    tokens = token_layout.as_float64(tokens, "tokens")
+    if tokens.ndim == 4:
+        tokens = tokens.reshape(tokens.shape[0], tokens.shape[1] * tokens.shape[2], tokens.shape[3])
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens: expected [n, T, d] or a map [n, h, w, c], got shape {tokens.shape}")
+    prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, tokens.shape[1], "tokens")
+    tokens = tokens[:, prefix:]
+    patches = image_patches(images, patch_size)
+    n = tokens.shape[0]
+    if patches.shape[0] != n:
+        raise ValueError(f"tokens ({n} examples) and images ({patches.shape[0]} examples) must be paired")
+    if n < 2:
+        raise ValueError(f"tokens: CKA over examples needs at least 2 examples, got {n}")
+    token_layout.check_finite(tokens, "tokens")
+    token_layout.check_finite(patches, "images")
+
+    tokens, token_varies = _center(tokens)
+    patches, patch_varies = _center(patches)
+    if method == "auto":
+        method = _cheaper_method(n, tokens.shape[1], tokens.shape[2], patches.shape[1], patches.shape[2], max_bytes)
+    compute = _cka_features if method == "features" else _cka_grams
+    cross, token_norms, patch_norms = compute(tokens, patches, max_bytes)
+    token_defined, patch_defined = token_varies & (token_norms > 0), patch_varies & (patch_norms > 0)
+    defined = np.outer(token_defined, patch_defined)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cka = np.where(defined, cross / np.outer(token_norms, patch_norms), np.nan)
+    if not defined.all():
+        warnings.warn(
+            f"token_patch_cka: tokens {np.flatnonzero(~token_defined).tolist()} and patches "
+            f"{np.flatnonzero(~patch_defined).tolist()} are constant over the examples; their CKA is undefined "
+            "(NaN)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return cka
+
+
+def region_mask(token_grid, patch_grid):
+    """``[h * w, gh * gw]`` boolean mask: token ``(i, j)`` of an ``h x w`` feature map owns every input patch of the
+    ``gh x gw`` patch grid that overlaps its cell ``[i / h, (i + 1) / h) x [j / w, (j + 1) / w)`` of the image.
+
+    With equal grids this is the identity; a coarser map (ResNet stage output) owns blocks of patches, a finer one
+    shares patches between positions. The cell is the position's stride-aligned share of the image, not its
+    (larger) receptive field.
+    """
+    (h, w), (gh, gw) = tuple(token_grid), tuple(patch_grid)
+    if min(h, w, gh, gw) < 1:
+        raise ValueError(f"token_grid {token_grid} and patch_grid {patch_grid} must be positive sizes")
+
+    def overlaps(num_cells, num_patches):
+        cell, patch = np.arange(num_cells)[:, None], np.arange(num_patches)[None, :]
+        # Intervals [cell / num_cells, (cell + 1) / num_cells) and [patch / num_patches, ...) intersect.
+        return (patch * num_cells < (cell + 1) * num_patches) & (cell * num_patches < (patch + 1) * num_cells)
+
+    rows, cols = overlaps(h, gh), overlaps(w, gw)
+    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(h * w, gh * gw)
+
+
+def localization_scores(cka_map, own_patches=None):
+    """Localization summary of a ``[T, P]`` token-vs-patch CKA map.
+
+    ``own_patches``: ``[T, P]`` boolean mask of each token's own patch(es) (``region_mask``); default the identity,
+    which needs ``T == P``. Returns a dict with
+
+    * ``top1_fraction``: fraction of tokens whose most similar patch is one of their own (ties counted fractionally);
+    * ``mean_own_rank``: mean over tokens of the rank (1 = most similar) of their best own patch, tied patches
+      sharing the mean of their ranks;
+    * ``chance_top1_fraction`` / ``chance_mean_own_rank``: the same for a map with no spatial information
+      (``k / P`` and ``(P + 1) / (k + 1)`` for ``k`` own patches, averaged over tokens);
+    * ``num_tokens`` (scored), ``num_constant_tokens`` (all-NaN rows of constant tokens, left out), ``num_patches``.
+
+    NaN entries other than whole rows (constant patches) are an error.
+    """
+    cka_map = token_layout.as_float64(cka_map, "cka_map")
+    if cka_map.ndim != 2 or 0 in cka_map.shape:
+        raise ValueError(f"cka_map: expected a non-empty [T, P] map, got shape {cka_map.shape}")
+    num_tokens, num_patches = cka_map.shape
+    if own_patches is None:
+        if num_tokens != num_patches:
+            raise ValueError(
+                f"cka_map: {num_tokens} tokens but {num_patches} patches; pass own_patches (e.g. region_mask) to "
+                "map tokens to patches"
+            )
+        own_patches = np.eye(num_tokens, dtype=bool)
+    own_patches = np.asarray(own_patches, dtype=bool)
+    if own_patches.shape != cka_map.shape or not own_patches.any(axis=1).all():
+        raise ValueError(
+            f"own_patches: expected a [T, P] = {cka_map.shape} mask with at least one patch per token, got shape "
+            f"{own_patches.shape}"
+        )
+    constant_tokens = np.isnan(cka_map).all(axis=1)
+    cka_map, own_patches = cka_map[~constant_tokens], own_patches[~constant_tokens]
+    if not len(cka_map):
+        raise ValueError("cka_map: every token row is NaN (constant tokens); nothing to score")
+    token_layout.check_finite(cka_map, "cka_map (rows of non-constant tokens)")
+
+    own_best = np.where(own_patches, cka_map, -np.inf).max(axis=1, keepdims=True)
+    higher = (cka_map > own_best).sum(axis=1)
+    tied = (cka_map == own_best).sum(axis=1)  # includes the best own patch itself
+    own_rank = higher + (tied + 1) / 2.0
+    at_max = cka_map == cka_map.max(axis=1, keepdims=True)
+    top1 = (at_max & own_patches).sum(axis=1) / at_max.sum(axis=1)
+    own_counts = own_patches.sum(axis=1)
+    return {
+        "top1_fraction": float(top1.mean()),
+        "mean_own_rank": float(own_rank.mean()),
+        "chance_top1_fraction": float(np.mean(own_counts / num_patches)),
+        "chance_mean_own_rank": float(np.mean((num_patches + 1) / (own_counts + 1))),
+        "num_tokens": int(len(cka_map)),
+        "num_constant_tokens": int(constant_tokens.sum()),
+        "num_patches": int(num_patches),
+    }

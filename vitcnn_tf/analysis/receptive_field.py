@@ -1,0 +1,139 @@
+"""Effective receptive fields (Luo et al. 2016; Section 5 Figure 6, Appendix C).
+
+The ERF of a layer is the mean over images and channels of ``|d a_c(centre) / d x|``: the absolute gradient of
+each channel ``c`` of the layer's activation at the centre location with respect to the input image, averaged over
+the channels ``c`` (each channel's gradient is taken separately, before the absolute value), over the images, and
+over the input's colour channels. The centre location is the pixel ``(h // 2, w // 2)`` of a feature map
+``[n, h, w, c]``, or the patch token at grid position ``(g // 2, g // 2)`` of a token sequence ``[n, T, d]`` (prefix
+/ CLS tokens excluded); for even sizes that is the lower-right of the four central positions.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from vitcnn_tf import representations
+from vitcnn_tf.analysis import tokens as token_layout
+
+
+def centre_index(output_shape, num_prefix_tokens):
+    """Index of the centre location into one example of a ``[n, h, w, c]`` map (``(h // 2, w // 2)``) or of a
+    ``[n, T, d]`` token sequence (``(num_prefix_tokens + (g // 2) * g + g // 2,)`` on the ``g x g`` patch grid)."""
+    if len(output_shape) == 4:
+        return (output_shape[1] // 2, output_shape[2] // 2)
+    side = token_layout.grid_side(output_shape[1] - num_prefix_tokens, f"tokens of shape {tuple(output_shape)}")
+    return (num_prefix_tokens + (side // 2) * side + side // 2,)
+
+
+def _layer_layout(model, layer, submodel, num_prefix_tokens):
+    """Check the tap's rank and resolve the prefix-token count: ``(output rank-3/4 shape, num_prefix_tokens)``."""
+    shape = tuple(submodel.output.shape)
+    if layer.endswith("/attn"):
+        raise ValueError(f"layer: {layer!r} holds attention probabilities, not features; use e.g. its '/sa' tap")
+    if layer.endswith("/attn_heads") and len(shape) == 4:  # [n, T, H, dh] -> tokens with H * dh features
+        shape = (shape[0], shape[1], shape[2] * shape[3])
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"layer: {layer!r} has output shape {shape}; the ERF needs a token sequence [n, T, d] or a feature map "
+            "[n, h, w, c]"
+        )
+    if len(shape) == 4:
+        return shape, 0
+    if num_prefix_tokens is None:
+        num_prefix_tokens = token_layout.infer_num_prefix_tokens(model, shape[1])
+    return shape, token_layout.check_num_prefix_tokens(num_prefix_tokens, shape[1], f"layer {layer!r}")
+
+
+def effective_receptive_field(model, images, layer, num_prefix_tokens=None, batch_size=32, max_channels=None, seed=0):
+    """``[image_h, image_w]`` float64 ERF map of ``layer`` (a tap name of ``layer_names(model)``, or a layer name of
+    any Keras functional model) over ``images [n, H, W, C]`` (see the module docstring for the definition).
+
+    ``num_prefix_tokens`` (token taps only): default from ``model.config`` (1 for a CLS-token ViT, 0 for GAP ViT
+    and Mixer) or, for other models, 0 or 1 from the token count. Images are processed ``batch_size`` at a time.
+
+    Cost: one forward and backward pass of the sub-model per output channel and batch (the exact mean over channels
+    of the absolute gradients needs every channel's gradient separately). ``max_channels``: average over a random
+    subset of that many channels instead (drawn without replacement with ``seed``), an unbiased estimate of the
+    all-channel map for layers with many channels.
+    """
+    return per_image_effective_receptive_field(model, images, layer, num_prefix_tokens, batch_size, max_channels,
+                                               seed).mean(axis=0)
+
+
+def per_image_effective_receptive_field(model, images, layer, num_prefix_tokens=None, batch_size=32,
+                                        max_channels=None, seed=0):
+    """``[n, image_h, image_w]`` float64 ERF map of each image (mean over channels only), for bootstrap intervals
+    over images; its mean over the images is ``effective_receptive_field`` (same arguments)."""
+    images = token_layout.as_array(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images: expected a non-empty [n, H, W, C] batch, got shape {images.shape}")
+    token_layout.check_finite(images, "images")
+    (layer,) = representations.select_layers(model, [layer])
+    submodel = representations.tap_model(model, layer)
+    shape, num_prefix_tokens = _layer_layout(model, layer, submodel, num_prefix_tokens)
+    centre = centre_index(shape, num_prefix_tokens)
+    channels = np.arange(shape[-1])
+    if max_channels is not None and max_channels < len(channels):
+        if max_channels < 1:
+            raise ValueError(f"max_channels: expected None or an int >= 1, got {max_channels!r}")
+        channels = np.sort(np.random.default_rng(seed).choice(channels, size=max_channels, replace=False))
+    flatten_heads = len(submodel.output.shape) == 4 and len(shape) == 3
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def abs_gradient(batch, channel):
+        """|d a_channel(centre) / d x| of each image: [b, H, W, C] (images are independent, so the gradient of
+        the batch sum holds each image's own gradient)."""
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            activation = submodel(batch, training=False)
+            if flatten_heads:  # [b, T, H, dh] -> [b, T, H * dh]
+                activation = tf.reshape(activation, (-1, shape[1], shape[2]))
+            centre_activation = activation[(slice(None),) + centre][:, channel]  # [b]
+        return tf.abs(tape.gradient(centre_activation, batch))
+
+    total = np.zeros(images.shape, dtype=np.float64)
+    for begin in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[begin : begin + batch_size], dtype=tf.float32)
+        for channel in channels:
+            total[begin : begin + batch_size] += abs_gradient(batch, tf.constant(channel, tf.int32)).numpy()
+    return total.mean(axis=-1) / len(channels)
+
+
+def erf_extent(erf_map, mass=0.5, center=None):
+    """Side (pixels) of the smallest square window centred on ``center`` holding at least ``mass`` of the total.
+
+    ``erf_map``: ``[H, W]`` non-negative map. ``center``: ``(row, col)`` in continuous pixel coordinates (pixel
+    ``(i, j)`` spans ``[i, i + 1) x [j, j + 1)``), default the map's centre of mass. A window of side ``s`` covers
+    the pixels ``[r0, r0 + s)`` with ``r0 = floor(row - s / 2 + 1 / 2)`` (``row - s / 2`` rounded half up; likewise for
+    columns), shifted to lie inside the image.
+    """
+    erf_map = token_layout.as_float64(erf_map, "erf_map")
+    if erf_map.ndim != 2 or 0 in erf_map.shape:
+        raise ValueError(f"erf_map: expected a non-empty [H, W] map, got shape {erf_map.shape}")
+    token_layout.check_finite(erf_map, "erf_map")
+    if np.any(erf_map < 0):
+        raise ValueError(f"erf_map: negative values (min {erf_map.min():.3g}); expected |gradient| values")
+    total_mass = erf_map.sum()
+    if not total_mass > 0:
+        raise ValueError("erf_map: the map is zero everywhere; the extent is undefined")
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass: expected a fraction in (0, 1], got {mass!r}")
+    height, width = erf_map.shape
+    if center is None:
+        rows, cols = np.indices(erf_map.shape) + 0.5
+        center = ((rows * erf_map).sum() / total_mass, (cols * erf_map).sum() / total_mass)
+    center_row, center_col = center
+
+    # Integral image: window sums in O(1) each.
+    integral = np.zeros((height + 1, width + 1))
+    integral[1:, 1:] = erf_map.cumsum(axis=0).cumsum(axis=1)
+
+    def window_start(centre_coordinate, side, size):
+        return int(np.clip(np.floor(centre_coordinate - side / 2.0 + 0.5), 0, max(size - side, 0)))
+
+    for side in range(1, max(height, width) + 1):
+        top, left = window_start(center_row, side, height), window_start(center_col, side, width)
+        bottom, right = min(top + side, height), min(left + side, width)
+        window = integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
+        if window >= mass * total_mass * (1 - 1e-12):
+            return side
+    return max(height, width)
