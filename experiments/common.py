@@ -29,11 +29,13 @@ from vitcnn_tf import data as data_lib  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
 
 DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
+STRATEGIES = ("none", "mirrored", "tpu", "multiworker")
 
 
 def add_common_arguments(parser, *, default_models, default_num_examples=1024, default_batch_size=128,
                          default_out):
-    """Adds ``--models --dataset --data-dir --num-examples --batch-size --out --zoo-dir --seed --no-progress``."""
+    """Adds ``--models --dataset --data-dir --num-examples --batch-size --out --zoo-dir --seed --no-progress
+    --strategy``."""
     parser.add_argument("--models", nargs="+", default=list(default_models), metavar="SPEC",
                         help="model specs: zoo recipes, .keras files or PRESET=checkpoint.npz "
                              "(default: %(default)s)")
@@ -49,7 +51,34 @@ def add_common_arguments(parser, *, default_models, default_num_examples=1024, d
                         help="cache of trained zoo models (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsets, shuffles and resamples")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="none",
+                        help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
     return parser
+
+
+def distribution_strategy(options):
+    """The ``tf.distribute.Strategy`` named by ``--strategy`` (None for ``none``).
+
+    ``mirrored``: every local GPU, or every logical CPU device when there is no GPU; ``tpu``: the TPU found by
+    ``TPUClusterResolver`` (a Cloud TPU VM or ``--tpu`` address in ``TPU_NAME``); ``multiworker``: the cluster
+    in ``TF_CONFIG``.
+    """
+    import tensorflow as tf
+
+    name = getattr(options, "strategy", "none")
+    if name == "none":
+        return None
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
 def new_parser(module_doc, prog):

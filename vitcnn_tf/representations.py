@@ -9,6 +9,7 @@ Layers are selected by ``layers=None`` (all taps), a list of names, or a string:
 regular expression that must match whole names (``r"block\\d+/\\+mlp"``).
 """
 
+import contextlib
 import difflib
 import re
 import weakref
@@ -125,7 +126,7 @@ def split_tap_name(joint_name):
 
 
 def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None, metric=None, progress=True,
-                   return_batch_terms=False):
+                   return_batch_terms=False, strategy=None):
     """Streams ``dataset`` through the models into a ``MinibatchCKA``; returns ``(metric, names_x, names_y)``.
 
     ``dataset`` yields batches of images ``[n, H, W, C]`` (``n >= 4``), or ``(images, labels, ...)`` tuples, or
@@ -142,6 +143,12 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
     over minibatches, ``vitcnn_tf.analysis.bootstrap.cka_bootstrap_interval``): a dict of float64 arrays
     ``cross [B, Lx, Ly]``, ``self_x [B, Lx]``, ``self_y [B, Ly]`` over the ``B`` batches of this call, read as the
     change of the metric's running sums in each update (so they sum to this call's share of the metric's state).
+
+    ``strategy``: a ``tf.distribute.Strategy`` (e.g. ``MirroredStrategy``) to run extraction and accumulation on
+    its replicas. Each global batch is split between the replicas; each replica's share counts as one minibatch and
+    the metric's SUM-aggregated state adds them up, so the result equals a single-device run with batches of the
+    per-replica size in the same order. A new metric is created in ``strategy.scope()``; a given one must have
+    been. Batch terms are then per global batch.
     """
     from vitcnn_tf.metrics.cka import MinibatchCKA
 
@@ -151,7 +158,8 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
     names_y = select_layers(model_y, layers_y) if cross else names_x
     num_layers_y = len(names_y) if cross else None
     if metric is None:
-        metric = MinibatchCKA(len(names_x), num_layers_y)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            metric = MinibatchCKA(len(names_x), num_layers_y)
     elif (metric.num_layers_x, metric.num_layers_y) != (len(names_x), num_layers_y):
         raise ValueError(f"accumulate_cka: metric has num_layers_x={metric.num_layers_x}, "
                          f"num_layers_y={metric.num_layers_y}; the selected layers need {len(names_x)}, "
@@ -166,11 +174,13 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
         # Automatic control dependencies order these reads of the state variables after their update.
         return [after - previous for after, previous in zip(_hsic_sums(metric), before)]
 
-    cardinality = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+    cardinality = int(dataset.cardinality()) if isinstance(dataset, tf.data.Dataset) else -1
+    if strategy is not None:
+        update, dataset = _distributed_update(strategy, forward, metric, model_x, dataset)
     progress_bar = keras.utils.Progbar(cardinality if cardinality >= 0 else None) if progress else None
     terms = []
     for count, batch in enumerate(dataset, start=1):
-        images = _check_images(model_x, _batch_images(batch), "accumulate_cka")
+        images = batch if strategy is not None else _check_images(model_x, _batch_images(batch), "accumulate_cka")
         batch_terms = update(images)
         if return_batch_terms:
             terms.append([np.asarray(term, dtype=np.float64) for term in batch_terms])
@@ -182,6 +192,31 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
         raise ValueError("accumulate_cka: the dataset yielded no batches, so there are no batch terms")
     cross, self_x, self_y = (np.stack(parts) for parts in zip(*terms))
     return metric, names_x, names_y, {"cross": cross, "self_x": self_x, "self_y": self_y}
+
+
+def _distributed_update(strategy, forward, metric, model, dataset):
+    """``(update, distributed dataset)``: ``update(per-replica images)`` runs ``forward`` and the metric update on
+    every replica of ``strategy`` and returns the change of the metric's sums (read eagerly, after the update)."""
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(f"accumulate_cka: with a strategy, dataset must be a tf.data.Dataset, got "
+                        f"{type(dataset).__name__}")
+    images_only = dataset.map(lambda *batch: _batch_images(batch[0] if len(batch) == 1 else batch))
+    expected = tuple(_single_input(model).shape[1:])
+    found = tuple(images_only.element_spec.shape[1:])
+    if len(found) != len(expected) or any(e is not None and f not in (None, e) for f, e in zip(found, expected)):
+        raise ValueError(f"accumulate_cka: dataset images have shape [n, {', '.join(map(str, found))}], model "
+                         f"{model.name!r} expects [n, {', '.join(map(str, expected))}]")
+
+    @tf.function(autograph=False)
+    def replica_update(images):
+        strategy.run(lambda local_images: metric.update_state(*forward(local_images)), args=(images,))
+
+    def update(images):
+        before = [np.asarray(term) for term in _hsic_sums(metric)]
+        replica_update(images)
+        return [np.asarray(after) - previous for after, previous in zip(_hsic_sums(metric), before)]
+
+    return update, strategy.experimental_distribute_dataset(images_only)
 
 
 def _hsic_sums(metric):
