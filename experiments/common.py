@@ -144,11 +144,6 @@ def main(module, argv=None):
     return 0
 
 
-def options_fingerprint(options):
-    """The options as a canonical JSON string (stage cache keys)."""
-    return json.dumps(vars(options), sort_keys=True, default=str)
-
-
 def _model_from_checkpoint(preset_spec, path):
     from vitcnn_tf import models
 

@@ -1,0 +1,364 @@
+"""Reproduce the paper: train (or reuse) the models, run every experiment of Sections 4 to 8, write a report.
+
+    python -m experiments.reproduce                         # CPU preset: the embedded zoo, offline, < 30 min
+    python -m experiments.reproduce --only sec4,sec6        # a subset of the stages (prefixes of stage names)
+    python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset imagenet2012 --data-dir ~/tfds
+
+Stages, in order: ``zoo`` (train or load the CPU zoo; CPU preset only) and one per experiment module
+(``sec4_representation_structure`` ... ``sec8_data_scale``). Each stage writes into ``<out>/<stage>/`` and
+finishes by writing ``<out>/<stage>/stage.json`` (atomically) with a fingerprint of everything that affects it:
+its options, the identity of its models (zoo recipe fingerprints and weight hashes, checkpoint hashes) and the
+dataset. A stage whose ``stage.json`` fingerprint matches is not run again, so an interrupted run resumes where it
+stopped and a changed setting reruns exactly the stages it affects.
+
+Outputs: every stage's data files and figures, ``findings.json``, ``report.md`` and a self-contained
+``report.html`` (figures embedded) with one section per paper section and the findings table: for each finding
+the measured quantity, its value with a bootstrap 95% interval, and the verdict holds / does not hold /
+inconclusive.
+
+``--preset paper`` names the paper's models (ViT-B/32, ViT-B/16, ViT-L/16, BiT-R50x1, BiT-R152x2, Mixer-B/16)
+and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that need models
+without public checkpoints (no-skip ViTs, data fractions) are skipped and say so in the report.
+``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation under that
+``tf.distribute`` strategy.
+"""
+
+import base64
+import dataclasses
+import hashlib
+import html
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from experiments import common  # noqa: E402
+from vitcnn_tf import atomic_io  # noqa: E402
+from vitcnn_tf import findings as findings_lib  # noqa: E402
+
+STAGE_FILE = "stage.json"
+_NOT_AFFECTING_RESULTS = ("out", "progress")  # options left out of a stage's fingerprint
+STAGE_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One experiment module run as a stage; ``paper_models`` None means: not available with public checkpoints."""
+
+    name: str
+    section: str
+    title: str
+    paper_models: tuple | None
+    module: str = ""  # the module with build_parser() / run(options); default experiments.<name>
+
+    def load(self):
+        return importlib.import_module(self.module or f"experiments.{self.name}")
+
+
+# Paper-preset model specs: PRESET[:overrides]=<checkpoint file name>, the file looked up in --checkpoints.
+_VIT_B16 = "ViT-B/16:representation_size=768,num_classes=21843=ViT-B_16.npz"
+_VIT_B32 = "ViT-B/32:representation_size=768,num_classes=21843=ViT-B_32.npz"
+_VIT_L16 = "ViT-L/16:representation_size=1024,num_classes=21843=ViT-L_16.npz"
+_BIT_R50 = "BiT-R50x1:num_classes=21843=BiT-M-R50x1.npz"
+_MIXER_B16 = "Mixer-B/16:num_classes=21843=Mixer-B_16.npz"
+
+STAGES = (
+    Stage("sec4_representation_structure", "4", "Representation structure (Figures 1, 2)",
+          (_VIT_B16, _BIT_R50, _MIXER_B16)),
+    Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)", None),
+    Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)", (_VIT_B16, _BIT_R50)),
+    Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)", (_VIT_B16, _BIT_R50)),
+    Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)", None),
+    Stage("sec7_localization", "7", "Localization (Figures 9, 10)", None),
+    Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)", None),
+    Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)", None),
+)
+SECTION_TITLES = {
+    "4": "Section 4: Representation structure of ViTs and convolutional networks",
+    "5": "Section 5: Local and global information in layer representations",
+    "6": "Section 6: Representation propagation through skip connections",
+    "7": "Section 7: Spatial information and localization",
+    "8": "Section 8: Effects of scale on transfer learning",
+}
+PRESETS = ("cpu", "paper")
+
+
+def build_parser():
+    parser = common.new_parser(__doc__, "python -m experiments.reproduce")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated stages to run (prefixes allowed, e.g. sec5,sec7_loc); default all")
+    parser.add_argument("--out", default=os.path.join("results", "reproduce"), help="output folder (default: %(default)s)")
+    parser.add_argument("--dataset", default=None, help="evaluation dataset (default: shapes10; paper: imagenet2012)")
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir / image folder root")
+    parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: the embedded zoo (default); paper: "
+                        "the paper's models from --checkpoints")
+    parser.add_argument("--checkpoints", default=None, help="folder of the published .npz files (--preset paper)")
+    parser.add_argument("--zoo-dir", default=common.DEFAULT_ZOO_DIR, help="cache of the CPU zoo (default: %(default)s)")
+    parser.add_argument("--strategy", choices=common.STRATEGIES, default="none",
+                        help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
+    parser.add_argument("--num-examples", type=int, default=None, help="override every stage's example count")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return parser
+
+
+def selected_stages(only):
+    """The stages named by ``--only`` (comma-separated names or unique prefixes), in pipeline order."""
+    if not only:
+        return list(STAGES)
+    chosen = set()
+    for token in filter(None, (t.strip() for t in only.split(","))):
+        matches = [stage.name for stage in STAGES if stage.name.startswith(token)]
+        if not matches:
+            raise ValueError(f"--only: {token!r} names no stage; stages are {', '.join(s.name for s in STAGES)}")
+        chosen.update(matches)
+    return [stage for stage in STAGES if stage.name in chosen]
+
+
+def stage_argv(stage, args):
+    """The experiment module's command line for ``stage`` under the reproduce ``args`` (None: stage skipped)."""
+    argv = ["--out", os.path.join(args.out, stage.name), "--zoo-dir", args.zoo_dir]
+    dataset = args.dataset or ("imagenet2012" if args.preset == "paper" else None)
+    if dataset:
+        argv += ["--dataset", dataset]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.num_examples:
+        argv += ["--num-examples", str(args.num_examples)]
+    if not args.progress:
+        argv.append("--no-progress")
+    if args.strategy != "none":
+        argv += ["--strategy", args.strategy]
+    if args.preset == "paper":
+        if stage.paper_models is None:
+            return None
+        argv += ["--models", *(_checkpoint_spec(spec, args.checkpoints) for spec in stage.paper_models)]
+    return argv
+
+
+def stage_fingerprint(module, options):
+    """sha256 of the stage's options and of the identity of its models and code."""
+    settings = {key: value for key, value in vars(options).items() if key not in _NOT_AFFECTING_RESULTS}
+    parts = {"format": STAGE_FORMAT, "module": module.__name__, "options": json.dumps(settings, sort_keys=True,
+                                                                                       default=str),
+             "models": [_model_identity(spec, options) for spec in getattr(options, "models", [])],
+             "code": _file_sha256(module.__file__)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def finished_summary(stage_dir, fingerprint):
+    """The stored summary of a finished stage with this fingerprint, else None."""
+    try:
+        with open(os.path.join(stage_dir, STAGE_FILE)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    return record.get("summary")
+
+
+def run_stage(stage, args, log=print):
+    """Runs (or reuses) one stage; returns its record ``{stage, status, seconds, summary}``."""
+    argv = stage_argv(stage, args)
+    if argv is None:
+        return {"stage": stage.name, "status": "skipped (no public checkpoints for its models)", "seconds": 0.0,
+                "summary": {"findings": []}}
+    module = stage.load()
+    options = module.build_parser().parse_args(argv)
+    fingerprint = stage_fingerprint(module, options)
+    summary = finished_summary(options.out, fingerprint)
+    if summary is not None:
+        log(f"[{stage.name}] up to date, reusing {options.out}")
+        return {"stage": stage.name, "status": "cached", "seconds": 0.0, "summary": summary}
+    log(f"[{stage.name}] running: python -m experiments.{stage.name} {' '.join(argv)}")
+    start = time.perf_counter()
+    try:
+        summary = module.run(options)
+    except Exception:  # noqa: BLE001 (one failed stage must not lose the others; the traceback is shown)
+        traceback.print_exc()
+        log(f"[{stage.name}] FAILED; the other stages go on, and a rerun retries this one")
+        return {"stage": stage.name, "status": "failed", "seconds": time.perf_counter() - start,
+                "summary": {"findings": []}}
+    seconds = time.perf_counter() - start
+    atomic_io.write_json(os.path.join(options.out, STAGE_FILE),
+                         {"fingerprint": fingerprint, "seconds": seconds, "summary": summary})
+    log(f"[{stage.name}] done in {seconds:.0f} s")
+    return {"stage": stage.name, "status": "ran", "seconds": seconds, "summary": summary}
+
+
+def train_zoo(args, stages, log=print):
+    """Trains or loads every zoo recipe the CPU-preset stages use (their default ``--models``)."""
+    from vitcnn_tf import zoo
+
+    recipes = []
+    for stage in stages:
+        for spec in stage.load().build_parser().parse_args([]).models:
+            if spec in zoo.RECIPES and spec not in recipes:
+                recipes.append(spec)
+    rows = []
+    for recipe in recipes:
+        entry = zoo.load_or_train(recipe, args.zoo_dir, data_dir=args.data_dir,
+                                  verbose="auto" if args.progress else 0)
+        status = "trained" if entry.trained else "cached"
+        log(f"[zoo] {recipe}: {status}, test accuracy {entry.record['test_accuracy']:.3f}")
+        rows.append({"recipe": recipe, "status": status, "test_accuracy": entry.record["test_accuracy"],
+                     "train_seconds": entry.record["wall_time_seconds"]})
+    return rows
+
+
+def write_report(out, stage_records, zoo_rows):
+    """Writes ``findings.json``, ``report.md`` and ``report.html`` into ``out``; returns the findings."""
+    found = [findings_lib.Finding.from_dict(item) for record in stage_records
+             for item in record["summary"].get("findings", [])]
+    atomic_io.write_json(os.path.join(out, "findings.json"), [finding.to_dict() for finding in found])
+    markdown = _report_markdown(out, stage_records, zoo_rows, found)
+    with atomic_io.atomic_open(os.path.join(out, "report.md"), "w") as handle:
+        handle.write(markdown)
+    with atomic_io.atomic_open(os.path.join(out, "report.html"), "w") as handle:
+        handle.write(_report_html(out, stage_records, zoo_rows, found))
+    return found
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.preset == "paper" and not args.checkpoints:
+        build_parser().error("--preset paper needs --checkpoints DIR with the published .npz files")
+    stages = selected_stages(args.only)
+    start = time.perf_counter()
+    zoo_rows = train_zoo(args, stages) if args.preset == "cpu" else []
+    records = [run_stage(stage, args) for stage in stages]
+    found = write_report(args.out, records, zoo_rows)
+    print(_one_screen_summary(records, found, time.perf_counter() - start, args.out))
+    return 1 if any(record["status"] == "failed" for record in records) else 0
+
+
+def _one_screen_summary(records, found, seconds, out):
+    lines = ["", "stage                               status   seconds"]
+    lines += [f"{r['stage']:<35} {r['status'][:8]:<8} {r['seconds']:7.0f}" for r in records]
+    counts = {verdict: sum(f.verdict == verdict for f in found)
+              for verdict in (findings_lib.HOLDS, findings_lib.DOES_NOT_HOLD, findings_lib.INCONCLUSIVE)}
+    lines.append("")
+    lines += [f"{f.verdict:<14} {f.key}: {f.value:.3g} [{f.low:.3g}, {f.high:.3g}]" for f in found]
+    lines.append(f"\nfindings: {counts[findings_lib.HOLDS]} hold, {counts[findings_lib.DOES_NOT_HOLD]} do not hold, "
+                 f"{counts[findings_lib.INCONCLUSIVE]} inconclusive; total {seconds:.0f} s")
+    lines.append(f"report: {os.path.join(os.path.abspath(out), 'report.html')}")
+    return "\n".join(lines)
+
+
+def _report_markdown(out, records, zoo_rows, found):
+    lines = ["# Do Vision Transformers See Like CNNs? Reproduction report", "",
+             "Generated by `python -m experiments.reproduce`. Intervals are bootstrap 95% intervals; a verdict "
+             "*holds* when the whole interval is on the claimed side of the threshold, *does not hold* when it is "
+             "on the other side, else *inconclusive*.", "", "## Findings", "", findings_lib.findings_table(found), ""]
+    if zoo_rows:
+        lines += ["## Models (CPU zoo)", "", "| recipe | test accuracy | train time (s) | status |",
+                  "| --- | ---: | ---: | --- |"]
+        lines += [f"| {r['recipe']} | {r['test_accuracy']:.3f} | {r['train_seconds']:.0f} | {r['status']} |"
+                  for r in zoo_rows]
+        lines.append("")
+    for title, section_records in _sections(records):
+        lines += [f"## {title}", ""]
+        for stage, record in section_records:
+            lines += [f"### {stage.title}", "", f"Stage `{stage.name}`: {record['status']}.", ""]
+            lines += [f"- **{f['key']}** ({findings_lib.Finding.from_dict(f).verdict}): {f['quantity']}"
+                      for f in record["summary"].get("findings", [])]
+            lines.append("")
+            lines += [f"![{name}]({stage.name}/{name})" for name in _figures(out, stage.name)]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _report_html(out, records, zoo_rows, found):
+    def table(markdown_table):
+        rows = [row.strip("|").split(" | ") for row in markdown_table.splitlines() if not row.startswith("| ---")]
+        cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_inline(c.strip())}</{'th' if i == 0 else 'td'}>"
+                                  for c in row) + "</tr>" for i, row in enumerate(rows)]
+        return "<table>" + "".join(cells) + "</table>"
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>vitcnn_tf reproduction report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:90%}img{max-width:100%}</style></head><body>",
+             "<h1>Do Vision Transformers See Like CNNs? Reproduction report</h1>",
+             "<p>Intervals are bootstrap 95% intervals; a verdict <em>holds</em> when the whole interval is on the "
+             "claimed side of the threshold, <em>does not hold</em> when it is on the other side, else "
+             "<em>inconclusive</em>.</p><h2>Findings</h2>", table(findings_lib.findings_table(found))]
+    if zoo_rows:
+        parts.append("<h2>Models (CPU zoo)</h2><table><tr><th>recipe</th><th>test accuracy</th><th>train time (s)"
+                     "</th><th>status</th></tr>")
+        parts += [f"<tr><td>{html.escape(r['recipe'])}</td><td>{r['test_accuracy']:.3f}</td>"
+                  f"<td>{r['train_seconds']:.0f}</td><td>{r['status']}</td></tr>" for r in zoo_rows]
+        parts.append("</table>")
+    for title, section_records in _sections(records):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for stage, record in section_records:
+            parts.append(f"<h3>{html.escape(stage.title)}</h3><p>Stage <code>{stage.name}</code>: "
+                         f"{html.escape(record['status'])}.</p><ul>")
+            parts += [f"<li><b>{html.escape(f['key'])}</b>: {html.escape(f['quantity'])}</li>"
+                      for f in record["summary"].get("findings", [])]
+            parts.append("</ul>")
+            for name in _figures(out, stage.name):
+                with open(os.path.join(out, stage.name, name), "rb") as handle:
+                    encoded = base64.b64encode(handle.read()).decode("ascii")
+                parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{encoded}'>"
+                             f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _sections(records):
+    """``(section title, [(stage, record), ...])`` for each paper section with at least one stage record."""
+    by_name = {stage.name: stage for stage in STAGES}
+    for section, title in SECTION_TITLES.items():
+        pairs = [(by_name[record["stage"]], record) for record in records
+                 if by_name[record["stage"]].section == section]
+        if pairs:
+            yield title, pairs
+
+
+def _inline(text):
+    text = html.escape(text)
+    while "**" in text:
+        text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+    return text
+
+
+def _figures(out, stage_name):
+    folder = os.path.join(out, stage_name)
+    return sorted(name for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
+
+
+def _checkpoint_spec(spec, folder):
+    preset, filename = spec.rsplit("=", 1)
+    path = os.path.join(folder, filename)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--checkpoints: expected the published checkpoint {filename} for {preset} in "
+                                f"{folder!r} (not found; nothing is downloaded)")
+    return f"{preset}={path}"
+
+
+def _model_identity(spec, options):
+    """What identifies a model spec's weights: a zoo recipe's fingerprint + weights hash, or a file's hash."""
+    if "=" in spec and spec.endswith(".npz"):
+        return {"spec": spec, "sha256": _file_sha256(spec.rsplit("=", 1)[1])}
+    if spec.endswith(".keras"):
+        return {"spec": spec, "sha256": _file_sha256(spec)}
+    from vitcnn_tf import zoo
+
+    record = zoo.cached_record(spec, options.zoo_dir) or {}
+    return {"spec": spec, "recipe": zoo.get_recipe(spec).fingerprint(), "weights": record.get("weights_sha256")}
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

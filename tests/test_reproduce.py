@@ -1,0 +1,125 @@
+"""Orchestration of experiments.reproduce: stage caching, resume after interruptions, invalidation, report."""
+
+import json
+import os
+
+import pytest
+import reproduce_fake_stage as fake
+
+from experiments import reproduce
+
+FAKE_STAGES = tuple(reproduce.Stage(name, "4", f"Fake stage {name}", None, module="reproduce_fake_stage")
+                    for name in ("sec4_alpha", "sec4_beta_stage", "sec4_gamma_st"))
+
+
+@pytest.fixture(autouse=True)
+def fake_pipeline(monkeypatch):
+    monkeypatch.setattr(reproduce, "STAGES", FAKE_STAGES)
+    fake.CALLS.clear()
+    fake.INTERRUPT.clear()
+    fake.FAIL.clear()
+    yield
+    fake.INTERRUPT.clear()
+    fake.FAIL.clear()
+
+
+def run(out, *extra):
+    return reproduce.main(["--out", str(out), "--no-progress", *extra])
+
+
+def outputs(out):
+    """Every result file's content (stage records without their timing) by relative path."""
+    contents = {}
+    for folder, _, files in os.walk(out):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if name == reproduce.STAGE_FILE:
+                record = json.loads(data)
+                record.pop("seconds")
+                data = json.dumps(record, sort_keys=True).encode()
+            if name == "report.md":
+                data = data.replace(b"ran", b"").replace(b"cached", b"")
+            contents[os.path.relpath(path, out)] = data
+    contents.pop("report.html")  # holds the same statuses as report.md, and the figures checked below
+    return contents
+
+
+def test_second_run_reuses_every_stage(tmp_path):
+    run(tmp_path)
+    assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
+    first = outputs(tmp_path)
+    fake.CALLS.clear()
+    run(tmp_path)
+    assert fake.CALLS == []
+    assert outputs(tmp_path) == first
+
+
+@pytest.mark.parametrize("interrupted", [stage.name for stage in FAKE_STAGES])
+def test_resume_after_an_interruption_gives_the_uninterrupted_results(tmp_path, interrupted):
+    run(tmp_path / "reference")
+    reference = outputs(tmp_path / "reference")
+
+    fake.CALLS.clear()
+    fake.INTERRUPT.add(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    before = fake.CALLS.index(interrupted)
+    assert not os.path.exists(tmp_path / "resumed" / interrupted / reproduce.STAGE_FILE)
+    assert not os.path.exists(tmp_path / "resumed" / "report.md")
+
+    fake.INTERRUPT.clear()
+    fake.CALLS.clear()
+    run(tmp_path / "resumed")
+    assert fake.CALLS == [stage.name for stage in FAKE_STAGES][before:]  # finished stages are not redone
+    assert outputs(tmp_path / "resumed") == reference
+
+
+def test_a_changed_setting_reruns_the_stages_it_affects(tmp_path):
+    run(tmp_path)
+    fake.CALLS.clear()
+    run(tmp_path, "--num-examples", "128")
+    assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
+    fake.CALLS.clear()
+    run(tmp_path, "--num-examples", "128", "--only", "sec4_beta")
+    assert fake.CALLS == []
+
+
+def test_report_has_the_findings_table_and_embedded_figures(tmp_path):
+    run(tmp_path)
+    findings = json.loads((tmp_path / "findings.json").read_text())
+    assert [f["key"] for f in findings] == [f"{stage.name}_mean_positive" for stage in FAKE_STAGES]
+    for finding in findings:  # the verdict follows the interval
+        expected = ("holds" if finding["low"] > 0 else "does not hold" if finding["high"] <= 0 else "inconclusive")
+        assert finding["verdict"] == expected
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| section | finding |" in markdown and "sec4_alpha/samples.png" in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FAKE_STAGES) and "src='sec4" not in page
+
+
+def test_only_selects_stages_by_prefix_and_rejects_unknown_names():
+    assert [s.name for s in reproduce.selected_stages("sec4_b,sec4_g")] == ["sec4_beta_stage", "sec4_gamma_st"]
+    with pytest.raises(ValueError, match="'sec9' names no stage"):
+        reproduce.selected_stages("sec9")
+
+
+def test_paper_preset_needs_the_published_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "STAGES", reproduce.STAGES[:0] + (
+        reproduce.Stage("sec4_alpha", "4", "t", (reproduce._VIT_B16,), module="reproduce_fake_stage"),))
+    with pytest.raises(FileNotFoundError, match="ViT-B_16.npz for ViT-B/16"):
+        run(tmp_path, "--preset", "paper", "--checkpoints", str(tmp_path))
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--preset", "paper")
+
+
+def test_a_failed_stage_does_not_stop_the_others_and_is_retried(tmp_path):
+    fake.FAIL.add("sec4_beta_stage")
+    assert run(tmp_path) == 1
+    assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
+    assert "Stage `sec4_beta_stage`: failed." in (tmp_path / "report.md").read_text()
+    fake.FAIL.clear()
+    fake.CALLS.clear()
+    assert run(tmp_path) == 0
+    assert fake.CALLS == ["sec4_beta_stage"]
