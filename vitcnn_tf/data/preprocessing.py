@@ -1,0 +1,36 @@
+"""Model-matched preprocessing: resize to the model's input size and scale to [-1, 1] (as the ViT / BiT
+releases do), plus an optional light training augmentation."""
+
+import tensorflow as tf
+
+
+def to_model_input(image, image_size):
+    """One image ``[h, w, c]`` (``c`` 1 or 3; uint8 in [0, 255] or float in [0, 255]) -> float32
+    ``[image_size, image_size, 3]`` in [-1, 1].
+
+    Grey images are repeated to 3 channels; other sizes are resized bilinearly with anti-aliasing (the whole
+    image, aspect ratio not preserved, as the vit_jax evaluation pipeline does).
+    """
+    image = tf.cast(image, tf.float32)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels != 3:
+        raise ValueError(f"to_model_input: images must have 1 or 3 channels, got shape {image.shape}")
+    if tuple(image.shape[-3:-1]) != (image_size, image_size):
+        image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+
+
+def augment(image, seed, flip=True):
+    """Random translation (reflect-pad by ``size // 8`` pixels, random crop back) and, with ``flip``, a random
+    horizontal flip, for one image ``[s, s, 3]``. ``seed`` is an int64 ``[2]`` tensor (stateless ops, so the
+    result is a pure function of image and seed)."""
+    size = image.shape[0]
+    pad = max(size // 8, 1)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, size=tf.shape(image), seed=crop_seed)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return image

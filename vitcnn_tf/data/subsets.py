@@ -1,0 +1,68 @@
+"""Deterministic, stratified, nested subsets of a labelled split (the data-scale study of Section 8).
+
+Every example gets a priority ``rank_within_class / class_count`` where ranks come from a seeded permutation of
+each class; examples are ordered by (priority, class, rank). A ``fraction`` f keeps the examples with priority
+< f, i.e. the first ``ceil(f * class_count)`` of every class; ``num_examples`` k keeps the first k of the order,
+i.e. every class gets its proportional share to within one example. All subsets are prefixes of one order, so
+with the same ``subset_seed`` they are nested: 3% is inside 10% is inside 30% (and inside any larger k).
+"""
+
+import math
+
+import numpy as np
+
+
+def stratified_subset_indices(labels, fraction=None, num_examples=None, subset_seed=0):
+    """Indices (int64, ascending) of a stratified subset of ``labels`` ([n] non-negative ints).
+
+    Give at most one of ``fraction`` (in (0, 1]) and ``num_examples`` (1..n); with neither, all indices.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"stratified_subset_indices: labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError("stratified_subset_indices: labels must be non-negative integers")
+    count = labels.shape[0]
+    if fraction is not None and num_examples is not None:
+        raise ValueError("stratified_subset_indices: give fraction or num_examples, not both")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if num_examples is not None:
+        if isinstance(num_examples, bool) or int(num_examples) != num_examples or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+        if num_examples > count:
+            raise ValueError(f"num_examples={num_examples} is larger than the split ({count} examples)")
+    if fraction is None and num_examples is None:
+        return np.arange(count, dtype=np.int64)
+
+    permuted = _permuted_classes(labels, subset_seed)
+    if fraction is not None:
+        chosen = [members[: _class_share(float(fraction), members.size)] for members in permuted.values()]
+    else:
+        chosen = [_priority_order(permuted)[: int(num_examples)]]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _class_share(fraction, class_count):
+    """ceil(fraction * class_count), with a 1e-9 tolerance so that e.g. 0.3 * 10 gives 3, not 4."""
+    return math.ceil(fraction * class_count - 1e-9)
+
+
+def _permuted_classes(labels, subset_seed):
+    """{label: indices of that class in a seeded permutation}; each class has its own stream."""
+    permuted = {}
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng = np.random.default_rng([int(subset_seed), int(label)])
+        permuted[int(label)] = members[rng.permutation(members.size)]
+    return permuted
+
+
+def _priority_order(permuted):
+    """All indices ordered by (rank / class_count, class, rank)."""
+    indices = np.concatenate(list(permuted.values()))
+    ranks = np.concatenate([np.arange(members.size) for members in permuted.values()])
+    priority = np.concatenate([np.arange(members.size) / members.size for members in permuted.values()])
+    classes = np.concatenate([np.full(members.size, label) for label, members in permuted.items()])
+    return indices[np.lexsort((ranks, classes, priority))]
