@@ -2,9 +2,11 @@
 
 Every example gets a priority ``rank_within_class / class_count`` where ranks come from a seeded permutation of
 each class; examples are ordered by (priority, class, rank). A ``fraction`` f keeps the examples with priority
-< f, i.e. the first ``ceil(f * class_count)`` of every class; ``num_examples`` k keeps the first k of the order,
-i.e. every class gets its proportional share to within one example. All subsets are prefixes of one order, so
-with the same ``subset_seed`` they are nested: 3% is inside 10% is inside 30% (and inside any larger k).
+< f, i.e. the first ``ceil(f * class_count)`` of every class; ``num_examples`` k keeps the first k of the order:
+every class c gets between ``k n_c / n - C n_c / n`` and ``k n_c / n + 1`` examples (``n_c`` its size, ``n`` the
+split's, ``C`` the number of classes): its proportional share up to the classes' rounding. All subsets are
+prefixes of one order, so with the same ``subset_seed`` they are nested: 3% is inside 10% is inside 30% (and inside
+any larger k).
 """
 
 import math
