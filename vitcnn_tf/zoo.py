@@ -105,7 +105,7 @@ class ZooEntry:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The recipes, sized so that together they take about 15 minutes of an uncontended 2-core CPU.
+# The recipes, aimed at about 15 minutes together on an idle 2-core CPU (measured times: see the README).
 
 _VIT = Recipe(
     name="vit", architecture="vit", preset="ViT-CPU/4",
