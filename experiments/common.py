@@ -19,17 +19,23 @@ A model is named by a *model spec*:
 
 import argparse
 import ast
-import json
+import math
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
+
+from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import data as data_lib  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
 
 DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
 STRATEGIES = ("none", "mirrored", "tpu", "multiworker")
+SUMMARY_FILE = "summary.json"
+NON_FINITE_NOTE = ("non-finite numbers (NaN, inf) are not valid JSON and were written as null; "
+                   "'non_finite_paths' lists where")
 
 
 def add_common_arguments(parser, *, default_models, default_num_examples=1024, default_batch_size=128,
@@ -142,6 +148,42 @@ def main(module, argv=None):
         print(findings_lib.findings_table(found))
     print(f"outputs in {os.path.abspath(options.out)}")
     return 0
+
+
+def json_safe(value, path="$"):
+    """``(value with NaN / inf floats replaced by None, [JSON paths of the replaced numbers])``; NumPy scalars
+    and arrays become Python numbers and lists."""
+    if isinstance(value, dict):
+        cleaned, paths = {}, []
+        for key, item in value.items():
+            cleaned[str(key)], sub_paths = json_safe(item, f"{path}.{key}")
+            paths += sub_paths
+        return cleaned, paths
+    if isinstance(value, (list, tuple)):
+        cleaned, paths = [], []
+        for index, item in enumerate(value):
+            item, sub_paths = json_safe(item, f"{path}[{index}]")
+            cleaned.append(item)
+            paths += sub_paths
+        return cleaned, paths
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist(), path)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [path]
+    return value, []
+
+
+def write_summary(options, summary):
+    """Write ``summary`` as ``<out>/summary.json`` (atomically, valid JSON: see ``json_safe``) and return the
+    JSON-safe dict (with ``non_finite_note`` / ``non_finite_paths`` when numbers were replaced)."""
+    cleaned, paths = json_safe(summary)
+    if paths:
+        cleaned["non_finite_note"] = NON_FINITE_NOTE
+        cleaned["non_finite_paths"] = paths
+    atomic_io.write_json(os.path.join(options.out, SUMMARY_FILE), cleaned)
+    return cleaned
 
 
 def _model_from_checkpoint(preset_spec, path):

@@ -86,8 +86,7 @@ def run(options):
         "findings": [finding.to_dict() for finding in found],
         "seconds": round(time.time() - started, 1),
     }
-    atomic_io.write_json(os.path.join(options.out, "summary.json"), summary)
-    return summary
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

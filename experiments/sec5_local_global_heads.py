@@ -118,8 +118,7 @@ def run(options):
         "findings": [finding.to_dict()],
         "seconds": round(time.time() - started, 1),
     }
-    atomic_io.write_json(os.path.join(options.out, "summary.json"), summary)
-    return summary
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

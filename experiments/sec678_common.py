@@ -4,7 +4,6 @@ evaluation arrays, zoo accuracies, and the JSON summary (non-finite numbers writ
 """
 
 import functools
-import math
 import os
 
 import keras
@@ -12,12 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from experiments import common
-from vitcnn_tf import atomic_io
 from vitcnn_tf import representations
-
-SUMMARY_FILE = "summary.json"
-NON_FINITE_NOTE = ("non-finite numbers (NaN, inf) are not valid JSON and were written as null; "
-                   "'non_finite_paths' lists where")
 
 
 def single_threaded_blas(function):
@@ -158,42 +152,6 @@ def zoo_test_accuracy(spec, options):
 def progress_bar(total, options, unit_name="step"):
     """A ``keras.utils.Progbar`` when ``--no-progress`` was not given, else None."""
     return keras.utils.Progbar(total, unit_name=unit_name) if getattr(options, "progress", True) else None
-
-
-def json_safe(value, path="$"):
-    """``(value with NaN / inf floats replaced by None, [JSON paths of the replaced numbers])``; NumPy scalars
-    and arrays become Python numbers and lists."""
-    if isinstance(value, dict):
-        cleaned, paths = {}, []
-        for key, item in value.items():
-            cleaned[str(key)], sub_paths = json_safe(item, f"{path}.{key}")
-            paths += sub_paths
-        return cleaned, paths
-    if isinstance(value, (list, tuple)):
-        cleaned, paths = [], []
-        for index, item in enumerate(value):
-            item, sub_paths = json_safe(item, f"{path}[{index}]")
-            cleaned.append(item)
-            paths += sub_paths
-        return cleaned, paths
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist(), path)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, [path]
-    return value, []
-
-
-def write_summary(options, summary):
-    """Write ``summary`` as ``<out>/summary.json`` (atomically, valid JSON: see ``json_safe``) and return the
-    JSON-safe dict (with ``non_finite_note`` / ``non_finite_paths`` when numbers were replaced)."""
-    cleaned, paths = json_safe(summary)
-    if paths:
-        cleaned["non_finite_note"] = NON_FINITE_NOTE
-        cleaned["non_finite_paths"] = paths
-    atomic_io.write_json(os.path.join(options.out, SUMMARY_FILE), cleaned)
-    return cleaned
 
 
 def interval(estimate, low, high):

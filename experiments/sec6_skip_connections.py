@@ -446,8 +446,8 @@ def run(options):
     for name, figure in figures.items():
         atomic_io.save_figure(figure, os.path.join(options.out, name), dpi=120)
     summary.update(findings=[finding.to_dict() for finding in findings],
-                   files=sorted([*arrays, *figures, shared.SUMMARY_FILE]), seconds=time.perf_counter() - started)
-    return shared.write_summary(options, summary)
+                   files=sorted([*arrays, *figures, common.SUMMARY_FILE]), seconds=time.perf_counter() - started)
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

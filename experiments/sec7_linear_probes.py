@@ -261,9 +261,9 @@ def run(options):
                "train_pool": options.train_pool, "test_examples": num_test, "num_classes": num_classes,
                "chance_accuracy": 1.0 / num_classes, "models": summary_models,
                "findings": [finding.to_dict() for finding in findings],
-               "files": sorted(["probes.npz", *figures, shared.SUMMARY_FILE]),
+               "files": sorted(["probes.npz", *figures, common.SUMMARY_FILE]),
                "seconds": time.perf_counter() - started}
-    return shared.write_summary(options, summary)
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

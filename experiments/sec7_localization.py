@@ -302,9 +302,9 @@ def run(options):
         atomic_io.save_figure(figure, os.path.join(options.out, name), dpi=120)
     summary = {"module": "sec7_localization", "num_examples": int(len(images)), "patch_size": patch_size,
                "models": summary_models, "findings": [finding.to_dict() for finding in findings],
-               "files": sorted(["token_patch_cka.npz", *figures, shared.SUMMARY_FILE]),
+               "files": sorted(["token_patch_cka.npz", *figures, common.SUMMARY_FILE]),
                "seconds": time.perf_counter() - started}
-    return shared.write_summary(options, summary)
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

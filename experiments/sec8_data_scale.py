@@ -220,9 +220,9 @@ def run(options):
     summary = {"module": "sec8_data_scale", "num_examples": int(len(images)), "probe_test_examples": num_test,
                "shots": options.shots, "seeds": list(options.probe_seeds), "chance_accuracy": 1.0 / num_classes,
                "groups": summary_groups, "findings": [finding.to_dict() for finding in findings],
-               "files": sorted(["data_scale_cka.npz", "data_scale_probes.npz", *figures, shared.SUMMARY_FILE]),
+               "files": sorted(["data_scale_cka.npz", "data_scale_probes.npz", *figures, common.SUMMARY_FILE]),
                "seconds": time.perf_counter() - started}
-    return shared.write_summary(options, summary)
+    return common.write_summary(options, summary)
 
 
 def main(argv=None):

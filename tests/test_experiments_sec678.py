@@ -16,6 +16,7 @@ from experiments import sec6_skip_connections as sec6
 from experiments import sec7_linear_probes as sec7_probes
 from experiments import sec7_localization as sec7_loc
 from experiments import sec8_data_scale as sec8
+from experiments import common
 from experiments import sec678_common as shared
 from vitcnn_tf import representations
 from vitcnn_tf.analysis import localization, skip
@@ -205,15 +206,15 @@ def test_group_models_needs_one_full_data_model_per_architecture():
 
 
 def test_json_safe_replaces_non_finite_numbers_and_notes_where(tmp_path):
-    cleaned, paths = shared.json_safe({"a": [1.0, np.nan], "b": {"c": np.float32(np.inf)}, "d": np.arange(2)})
+    cleaned, paths = common.json_safe({"a": [1.0, np.nan], "b": {"c": np.float32(np.inf)}, "d": np.arange(2)})
     assert cleaned == {"a": [1.0, None], "b": {"c": None}, "d": [0, 1]}
     assert paths == ["$.a[1]", "$.b.c"]
 
     class Options:
         out = str(tmp_path)
 
-    written = shared.write_summary(Options, {"x": -np.inf, "findings": []})
-    stored = strict_json(tmp_path / shared.SUMMARY_FILE)
+    written = common.write_summary(Options, {"x": -np.inf, "findings": []})
+    stored = strict_json(tmp_path / common.SUMMARY_FILE)
     assert stored == written and stored["x"] is None and stored["non_finite_paths"] == ["$.x"]
 
 
@@ -248,7 +249,7 @@ def smoke_run(module, tiny_models, tmp_path, models, *extra):
     argv = ["--models", *[tiny_models[name] for name in models], "--dataset", "digits", "--num-examples", "64",
             "--batch-size", "16", "--out", str(out), "--no-progress", *extra]
     summary = module.run(module.build_parser().parse_args(argv))
-    stored = strict_json(out / shared.SUMMARY_FILE)
+    stored = strict_json(out / common.SUMMARY_FILE)
     assert stored == summary
     assert sorted(path.name for path in out.iterdir()) == summary["files"]
     for name in summary["files"]:
