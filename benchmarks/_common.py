@@ -9,7 +9,9 @@ import re
 import resource
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from vitcnn_tf import runtime  # noqa: E402
+
+runtime.set_environment_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -31,7 +31,9 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from vitcnn_tf import runtime  # noqa: E402
+
+runtime.set_environment_defaults()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -23,12 +23,13 @@ float64 inside the reference: use few, small minibatches.)
 """
 
 import argparse
-import os
 import re
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from vitcnn_tf import runtime  # noqa: E402
+
+runtime.set_environment_defaults()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

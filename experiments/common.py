@@ -23,8 +23,6 @@ import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np  # noqa: E402
 
 from vitcnn_tf import atomic_io  # noqa: E402
@@ -60,6 +58,34 @@ def add_common_arguments(parser, *, default_models, default_num_examples=1024, d
     parser.add_argument("--strategy", choices=STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
     return parser
+
+
+def add_seed_replicates_argument(parser, default):
+    """Adds ``--seed-replicates MODEL=SPEC ...``: models trained like ``MODEL`` (a spec of ``--models``) with another
+    seed, used for intervals over seeds; entries whose ``MODEL`` is not in ``--models`` are ignored."""
+    parser.add_argument("--seed-replicates", nargs="*", default=list(default), metavar="MODEL=SPEC",
+                        help="another trained seed of a model of --models, for intervals over seeds (repeat a "
+                             "MODEL for more seeds; '--seed-replicates' alone: none; default: %(default)s)")
+
+
+def seed_replicates(options):
+    """``{spec of --models: [replicate specs]}`` from ``--seed-replicates`` (models without replicates left out)."""
+    replicates = {}
+    for entry in getattr(options, "seed_replicates", None) or []:
+        model, separator, replicate = entry.partition("=")
+        if not separator or not model or not replicate:
+            raise ValueError(f"--seed-replicates: expected MODEL=SPEC, got {entry!r}")
+        if model in options.models:
+            replicates.setdefault(model, []).append(replicate)
+    return replicates
+
+
+def model_specs(options):
+    """Every model spec ``options`` uses: ``--models`` then the replicates of ``--seed-replicates``."""
+    specs = list(getattr(options, "models", []))
+    for replicates in seed_replicates(options).values():
+        specs += [spec for spec in replicates if spec not in specs]
+    return specs
 
 
 def distribution_strategy(options):

@@ -4,37 +4,42 @@
     python -m experiments.reproduce --only sec4,sec6        # a subset of the stages (prefixes of stage names)
     python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset imagenet2012 --data-dir ~/tfds
 
-Stages, in order: ``zoo`` (train or load the CPU zoo; CPU preset only) and one per experiment module
-(``sec4_representation_structure`` ... ``sec8_data_scale``). Each stage writes into ``<out>/<stage>/`` and
-finishes by writing ``<out>/<stage>/stage.json`` (atomically) with a fingerprint of everything that affects it:
-its options, the identity of its models (zoo recipe fingerprints and weight hashes, checkpoint hashes) and the
-dataset. A stage whose ``stage.json`` fingerprint matches is not run again, so an interrupted run resumes where it
-stopped and a changed setting reruns exactly the stages it affects.
+The work: the zoo models the stages use that are not cached yet (CPU preset only; each cached under
+``--zoo-dir`` as ``python -m experiments.train`` does), and one stage per experiment module
+(``sec4_representation_structure`` ... ``sec8_data_scale``). They run in ``--jobs`` single-threaded worker
+processes (default: one per CPU for the CPU preset; ``vitcnn_tf.parallel``), each stage as soon as its models are
+trained, the longest jobs first; ``--jobs 1`` runs everything in this process with progress bars. Each stage writes
+into ``<out>/<stage>/`` and finishes by writing ``<out>/<stage>/stage.json`` (atomically) with a fingerprint of
+everything that affects it: its options, the identity of its models (zoo recipe fingerprints and weight hashes,
+checkpoint hashes), the dataset, and its code (the stage module, the ``experiments`` helpers it imports and the
+``vitcnn_tf`` package). A stage whose ``stage.json`` fingerprint matches is not run again, so an interrupted run
+resumes where it stopped and a changed setting reruns exactly the stages it affects.
 
 Outputs: every stage's data files and figures, ``findings.json``, ``report.md`` and a self-contained
 ``report.html`` (figures embedded) with one section per paper section and the findings table: for each finding
 the measured quantity, its value with a bootstrap 95% interval, and the verdict holds / does not hold /
 inconclusive.
 
-``--preset paper`` names the paper's models (ViT-B/32, ViT-B/16, ViT-L/16, BiT-R50x1, BiT-R152x2, Mixer-B/16)
-and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that need models
+``--preset paper`` names the paper's models (ViT-B/16, ViT-L/16, BiT-R50x1, Mixer-B/16, ImageNet-21k
+pre-training) and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that need models
 without public checkpoints (no-skip ViTs, data fractions) are skipped and say so in the report.
 ``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation under that
 ``tf.distribute`` strategy.
 """
 
+import argparse
+import ast
 import base64
 import dataclasses
 import hashlib
 import html
 import importlib
+import importlib.util
 import json
 import os
 import sys
 import time
 import traceback
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
@@ -43,6 +48,7 @@ from vitcnn_tf import findings as findings_lib  # noqa: E402
 STAGE_FILE = "stage.json"
 _NOT_AFFECTING_RESULTS = ("out", "progress")  # options left out of a stage's fingerprint
 STAGE_FORMAT = 1
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Stage:
     title: str
     paper_models: tuple | None
     module: str = ""  # the module with build_parser() / run(options); default experiments.<name>
+    expected_seconds: float = 60.0  # single-threaded run time on the CPU zoo, to schedule long stages first
 
     def load(self):
         return importlib.import_module(self.module or f"experiments.{self.name}")
@@ -61,21 +68,22 @@ class Stage:
 
 # Paper-preset model specs: PRESET[:overrides]=<checkpoint file name>, the file looked up in --checkpoints.
 _VIT_B16 = "ViT-B/16:representation_size=768,num_classes=21843=ViT-B_16.npz"
-_VIT_B32 = "ViT-B/32:representation_size=768,num_classes=21843=ViT-B_32.npz"
 _VIT_L16 = "ViT-L/16:representation_size=1024,num_classes=21843=ViT-L_16.npz"
 _BIT_R50 = "BiT-R50x1:num_classes=21843=BiT-M-R50x1.npz"
 _MIXER_B16 = "Mixer-B/16:num_classes=21843=Mixer-B_16.npz"
 
 STAGES = (
     Stage("sec4_representation_structure", "4", "Representation structure (Figures 1, 2)",
-          (_VIT_B16, _BIT_R50, _MIXER_B16)),
-    Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)", None),
-    Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)", (_VIT_B16, _BIT_R50)),
-    Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)", (_VIT_B16, _BIT_R50)),
-    Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)", None),
-    Stage("sec7_localization", "7", "Localization (Figures 9, 10)", None),
-    Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)", None),
-    Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)", None),
+          (_VIT_B16, _VIT_L16, _BIT_R50, _MIXER_B16), expected_seconds=50),
+    Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)", None, expected_seconds=30),
+    Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)", (_VIT_B16, _BIT_R50),
+          expected_seconds=55),
+    Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)", (_VIT_B16, _BIT_R50),
+          expected_seconds=115),
+    Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)", None, expected_seconds=65),
+    Stage("sec7_localization", "7", "Localization (Figures 9, 10)", None, expected_seconds=45),
+    Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)", None, expected_seconds=45),
+    Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)", None, expected_seconds=185),
 )
 SECTION_TITLES = {
     "4": "Section 4: Representation structure of ViTs and convolutional networks",
@@ -91,7 +99,8 @@ def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.reproduce")
     parser.add_argument("--only", default=None,
                         help="comma-separated stages to run (prefixes allowed, e.g. sec5,sec7_loc); default all")
-    parser.add_argument("--out", default=os.path.join("results", "reproduce"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=os.path.join("results", "reproduce"),
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--dataset", default=None, help="evaluation dataset (default: shapes10; paper: imagenet2012)")
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir / image folder root")
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: the embedded zoo (default); paper: "
@@ -101,6 +110,9 @@ def build_parser():
     parser.add_argument("--strategy", choices=common.STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
     parser.add_argument("--num-examples", type=int, default=None, help="override every stage's example count")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes running zoo trainings and stages at once, one thread each (default: "
+                             "one per CPU with --preset cpu and no --strategy, else 1: in this process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
 
@@ -140,13 +152,55 @@ def stage_argv(stage, args):
 
 
 def stage_fingerprint(module, options):
-    """sha256 of the stage's options and of the identity of its models and code."""
+    """sha256 of the stage's options and of the identity of its models and code (:func:`code_files`)."""
     settings = {key: value for key, value in vars(options).items() if key not in _NOT_AFFECTING_RESULTS}
     parts = {"format": STAGE_FORMAT, "module": module.__name__, "options": json.dumps(settings, sort_keys=True,
                                                                                        default=str),
-             "models": [_model_identity(spec, options) for spec in getattr(options, "models", [])],
-             "code": _file_sha256(module.__file__)}
+             "models": [_model_identity(spec, options) for spec in common.model_specs(options)],
+             "code": {os.path.relpath(path, _PROJECT_ROOT): _file_sha256(path)
+                      for path in code_files(module.__name__)}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def code_files(module_name, packages=("experiments",)):
+    """The source files a stage's results depend on, sorted: every file of the ``vitcnn_tf`` package, plus
+    ``module_name``'s file and those of the modules of ``packages`` it imports, directly or through each other
+    (found by reading their ``import`` statements, so a helper such as ``sec678_common`` counts)."""
+    import vitcnn_tf
+
+    files = {os.path.join(folder, name) for folder, _, names in os.walk(os.path.dirname(vitcnn_tf.__file__))
+             for name in names if name.endswith(".py")}
+    queue, seen = [module_name], set()
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        files.add(spec.origin)
+        with open(spec.origin) as handle:
+            tree = ast.parse(handle.read(), spec.origin)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # "from p import m" imports module p.m when there is one, else names of p
+                imported = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for candidate in imported:
+                if candidate.split(".")[0] in packages and _module_exists(candidate):
+                    queue.append(candidate)
+    return sorted(files)
+
+
+def _module_exists(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent is not a package (an attribute import)
+        return False
 
 
 def finished_summary(stage_dir, fingerprint):
@@ -190,24 +244,57 @@ def run_stage(stage, args, log=print):
     return {"stage": stage.name, "status": "ran", "seconds": seconds, "summary": summary}
 
 
-def train_zoo(args, stages, log=print):
-    """Trains or loads every zoo recipe the CPU-preset stages use (their default ``--models``)."""
+def stage_recipes(stage):
+    """The zoo recipes a CPU-preset stage uses (those of its default ``--models`` and ``--seed-replicates``)."""
     from vitcnn_tf import zoo
 
-    recipes = []
-    for stage in stages:
-        for spec in stage.load().build_parser().parse_args([]).models:
-            if spec in zoo.RECIPES and spec not in recipes:
-                recipes.append(spec)
-    rows = []
-    for recipe in recipes:
-        entry = zoo.load_or_train(recipe, args.zoo_dir, data_dir=args.data_dir,
-                                  verbose="auto" if args.progress else 0)
-        status = "trained" if entry.trained else "cached"
-        log(f"[zoo] {recipe}: {status}, test accuracy {entry.record['test_accuracy']:.3f}")
-        rows.append({"recipe": recipe, "status": status, "test_accuracy": entry.record["test_accuracy"],
-                     "train_seconds": entry.record["wall_time_seconds"]})
-    return rows
+    return [spec for spec in common.model_specs(stage.load().build_parser().parse_args([])) if spec in zoo.RECIPES]
+
+
+def run_pipeline(args, stages, log=print):
+    """Trains the missing zoo models (CPU preset) and runs ``stages`` in ``args.jobs`` worker processes, each stage
+    as soon as its models are ready; returns ``(stage records in pipeline order, zoo rows)``."""
+    from vitcnn_tf import parallel, zoo
+
+    workers = args.jobs
+    tasks, zoo_rows, needed = [], [], []
+    if args.preset == "cpu":
+        needed = list(dict.fromkeys(recipe for stage in stages for recipe in stage_recipes(stage)))
+        verbose = "auto" if workers == 1 and args.progress else 0  # Keras progress bars in this process only
+        tasks += [zoo.training_task(recipe, args.zoo_dir, data_dir=args.data_dir, verbose=verbose,
+                                    name=f"zoo/{recipe}")
+                  for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
+    training = {task.name for task in tasks}
+    stage_args = args if workers == 1 else argparse.Namespace(**{**vars(args), "progress": False})
+    tasks += [parallel.Task(stage.name, run_stage, (stage, stage_args),
+                            after=tuple(f"zoo/{r}" for r in (stage_recipes(stage) if args.preset == "cpu" else [])
+                                        if f"zoo/{r}" in training),
+                            cost=stage.expected_seconds) for stage in stages]
+    start = time.perf_counter()
+
+    def started(task):
+        if task.name in training:
+            log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] training")
+
+    def done(task, result):
+        if task.name in training:
+            log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] trained in {result['wall_time_seconds']:.0f} s, "
+                f"test accuracy {result['test_accuracy']:.3f}")
+
+    try:
+        results = parallel.run_tasks(tasks, num_workers=workers, on_start=started, on_done=done)
+    except parallel.TasksFailed as failure:
+        results = failure.results
+        for name, text in failure.failures.items():
+            log(f"[{name}] FAILED:\n{text}")
+    records = [results.get(stage.name) or {"stage": stage.name, "status": "failed", "seconds": 0.0,
+                                           "summary": {"findings": []}} for stage in stages]
+    for recipe in needed:
+        record = zoo.cached_record(recipe, args.zoo_dir)
+        if record is not None:
+            zoo_rows.append({"recipe": recipe, "status": "trained" if f"zoo/{recipe}" in results else "cached",
+                             "test_accuracy": record["test_accuracy"], "train_seconds": record["wall_time_seconds"]})
+    return records, zoo_rows
 
 
 def write_report(out, stage_records, zoo_rows):
@@ -225,12 +312,21 @@ def write_report(out, stage_records, zoo_rows):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.jobs is None:
+        from vitcnn_tf import parallel
+
+        args.jobs = parallel.default_num_workers() if args.preset == "cpu" and args.strategy == "none" else 1
     if args.preset == "paper" and not args.checkpoints:
         build_parser().error("--preset paper needs --checkpoints DIR with the published .npz files")
+    if args.jobs < 1:
+        build_parser().error(f"--jobs must be >= 1, got {args.jobs}")
     stages = selected_stages(args.only)
+    if args.preset == "paper":  # every checkpoint file must be there before any work starts
+        for stage in stages:
+            for spec in stage.paper_models or ():
+                _checkpoint_spec(spec, args.checkpoints)
     start = time.perf_counter()
-    zoo_rows = train_zoo(args, stages) if args.preset == "cpu" else []
-    records = [run_stage(stage, args) for stage in stages]
+    records, zoo_rows = run_pipeline(args, stages)
     found = write_report(args.out, records, zoo_rows)
     print(_one_screen_summary(records, found, time.perf_counter() - start, args.out))
     return 1 if any(record["status"] == "failed" for record in records) else 0

@@ -24,6 +24,11 @@ Findings (with a ViT and a ResNet among the models):
   proportional correspondence (lower half of the ResNet ~ lower half of the ViT) gives 0.25; the paper's "lowest
   quarter" gives about 0.125.
 
+Seeds: ``--seed-replicates`` (default ``vit=vit_seed1 resnet=resnet_seed1``, the zoo's second seeds) adds models
+trained like a model of ``--models`` with another seed. They join the joint CKA, each gets a ``seeds_<a>_<b>`` map
+(CKA between two seeds of one recipe: how reproducible the layers are), and the findings become means over the
+seed pairs with two-level (seeds, minibatches) bootstrap intervals.
+
     python -m experiments.sec4_representation_structure
     python -m experiments.sec4_representation_structure --models vit resnet --num-examples 1024 --passes 2
 """
@@ -41,6 +46,7 @@ from vitcnn_tf import atomic_io, findings, plotting, representations
 from vitcnn_tf.analysis import bootstrap
 
 DEFAULT_MODELS = ("vit", "resnet", "mixer")
+DEFAULT_SEED_REPLICATES = ("vit=vit_seed1", "resnet=resnet_seed1")
 DEFAULT_EXCLUDE = r".*/attn|logits"
 DEFAULT_OUT = os.path.join("results", "sec4_representation_structure")
 
@@ -56,30 +62,42 @@ def build_parser():
                              "default: %(default)s)")
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,
                         help="bootstrap resamples of the findings' intervals (default: %(default)s)")
+    common.add_seed_replicates_argument(parser, DEFAULT_SEED_REPLICATES)
     return parser
 
 
 def run(options):
     started = time.time()
-    models = load_models(options.models, options)
-    layers = {label: kept_taps(model, options.exclude) for label, model in models.items()}
-    matrix, names, terms, batches_per_pass = joint_cka(models, layers, options)
+    specs = common.model_specs(options)  # --models, then the seed replicates
+    all_models = load_models(specs, options)
+    labels = list(all_models)[:len(options.models)]
+    models = {label: all_models[label] for label in labels}
+    label_of = {}
+    for spec, label in zip(specs, all_models):
+        label_of.setdefault(spec, label)
+    replicates = {label_of[spec]: [label_of[r] for r in others]
+                  for spec, others in common.seed_replicates(options).items()}
+    layers = {label: kept_taps(model, options.exclude) for label, model in all_models.items()}
+    matrix, names, terms, batches_per_pass = joint_cka(all_models, layers, options)
     slices = model_slices(names)
     maps = {}
     for label in models:
         maps[f"within_{label}"] = (label, label)
-    labels = list(models)
     for i, first in enumerate(labels):
         for second in labels[i + 1:]:
             maps[f"cross_{first}_{second}"] = (first, second)
+    for label, others in replicates.items():
+        for other in others:
+            maps[f"seeds_{label}_{other}"] = (label, other)
     map_summaries = {}
     for key, (rows, cols) in maps.items():
         block = matrix[slices[rows], slices[cols]]
         map_summaries[key] = write_map(options.out, key, block, layers[rows], layers[cols], rows, cols, options)
-    found = structure_findings(models, layers, slices, terms, batches_per_pass, options)
+    found = structure_findings(all_models, replicates, layers, slices, terms, batches_per_pass, options)
     summary = {
         "experiment": "sec4_representation_structure",
         "models": dict(zip(labels, options.models)),
+        "seed_replicates": replicates,
         "num_examples": batches_per_pass * options.batch_size,
         "batch_size": options.batch_size,
         "passes": options.passes,
@@ -206,57 +224,77 @@ def most_similar_depth(cross, rows):
     return float(np.mean(normalised_depths(cross.shape[1])[best]))
 
 
-def structure_findings(models, layers, slices, terms, batches_per_pass, options):
-    """The two Section 4 findings (empty without a ViT and a ResNet among the models)."""
+def structure_findings(models, replicates, layers, slices, terms, batches_per_pass, options):
+    """The two Section 4 findings (empty without a ViT and a ResNet among the models).
+
+    ``replicates``: ``{label: [labels of other seeds]}``. With ``k`` replicates of both the ViT and the ResNet, the
+    findings average over ``k + 1`` seed pairs (seed ``s``'s ViT with seed ``s``'s ResNet) and their intervals
+    resample seeds and minibatches (``cka_bootstrap_interval_over_seeds``); otherwise minibatches only.
+    """
     vit, resnet = first_of_family(models, "vit"), first_of_family(models, "resnet")
     if vit is None or resnet is None:
         print("no ViT and ResNet pair among the models: Section 4 findings skipped", flush=True)
         return []
-    outputs = {label: block_output_indices(models[label], layers[label]) for label in (vit, resnet)}
+    num_seeds = 1 + min(len(replicates.get(vit, [])), len(replicates.get(resnet, [])))
+    seed_pairs = [(vit, resnet)] + list(zip(replicates.get(vit, []), replicates.get(resnet, [])))[:num_seeds - 1]
+    seed_labels = [label for pair in seed_pairs for label in pair]
+    outputs = {label: block_output_indices(models[label], layers[label]) for label in seed_labels}
     for label, indices in outputs.items():
         if len(indices) < 2:
             raise ValueError(f"model {label!r}: need at least 2 kept block-output (residual-sum) taps for the lower "
                              f"vs upper half similarity, found {len(indices)}; check --exclude")
-    lower_resnet = list(range(len(layers[resnet]) // 2))
     interval = dict(num_resamples=options.num_resamples, seed=options.seed, batches_per_resample=batches_per_pass)
 
-    def uniformity(matrix):
-        return (lower_upper_similarity(matrix[slices[vit], slices[vit]], outputs[vit])
-                - lower_upper_similarity(matrix[slices[resnet], slices[resnet]], outputs[resnet]))
+    def uniformity(matrix, vit_label, resnet_label):
+        return (lower_upper_similarity(matrix[slices[vit_label], slices[vit_label]], outputs[vit_label])
+                - lower_upper_similarity(matrix[slices[resnet_label], slices[resnet_label]], outputs[resnet_label]))
 
-    def resnet_to_vit_depth(matrix):
-        return most_similar_depth(matrix[slices[resnet], slices[vit]], lower_resnet)
+    def resnet_to_vit_depth(matrix, vit_label, resnet_label):
+        lower_resnet = list(range(len(layers[resnet_label]) // 2))
+        return most_similar_depth(matrix[slices[resnet_label], slices[vit_label]], lower_resnet)
 
     full = bootstrap.cka_from_batch_terms(terms)
+    lower_resnet = list(range(len(layers[resnet]) // 2))
     upper_resnet = list(range(len(layers[resnet]) // 2, len(layers[resnet])))
     common_detail = {"vit": vit, "resnet": resnet, "num_examples": batches_per_pass * options.batch_size,
                      "passes": options.passes, "minibatches": int(len(terms["cross"])),
-                     "interval": "bootstrap over minibatches (one pass worth per resample)"}
+                     "seed_pairs": [list(pair) for pair in seed_pairs],
+                     "interval": ("two-level bootstrap over the seed pairs and minibatches (one pass worth per "
+                                  "resample)" if num_seeds > 1 else
+                                  "bootstrap over minibatches (one pass worth per resample)")}
     uniform = findings.Finding(
         key="vit_uniform_similarity", section="4",
         claim="ViT has more uniform representations: its lower and higher layers are more similar than the ResNet's",
-        quantity="mean CKA between lower-half and upper-half block outputs (residual sums), ViT minus ResNet",
+        quantity="mean CKA between lower-half and upper-half block outputs (residual sums), ViT minus ResNet"
+                 + (f", mean over {num_seeds} seeds" if num_seeds > 1 else ""),
         value=np.nan, low=np.nan, high=np.nan, threshold=0.0, direction="greater",
         detail={**common_detail,
                 "vit_lower_upper_cka": lower_upper_similarity(full[slices[vit], slices[vit]], outputs[vit]),
                 "resnet_lower_upper_cka": lower_upper_similarity(full[slices[resnet], slices[resnet]],
                                                                  outputs[resnet]),
+                "per_seed": [uniformity(full, *pair) for pair in seed_pairs],
                 "vit_block_outputs": [layers[vit][i] for i in outputs[vit]],
                 "resnet_block_outputs": [layers[resnet][i] for i in outputs[resnet]]})
     depth = findings.Finding(
         key="resnet_lower_half_matches_vit_lowest_quarter", section="4",
         claim="The lower half of the ResNet's layers is most similar to about the lowest quarter of the ViT's layers",
         quantity="mean normalised depth (0..1) of the most similar ViT layer over the lower half of the ResNet layers "
-                 "(0.25 = proportional correspondence, ~0.125 = lowest quarter)",
+                 "(0.25 = proportional correspondence, ~0.125 = lowest quarter)"
+                 + (f", mean over {num_seeds} seeds" if num_seeds > 1 else ""),
         value=np.nan, low=np.nan, high=np.nan, threshold=0.25, direction="less",
         detail={**common_detail, "resnet_lower_half": [layers[resnet][i] for i in lower_resnet],
+                "per_seed": [resnet_to_vit_depth(full, *pair) for pair in seed_pairs],
                 "upper_half_mean_vit_depth": most_similar_depth(full[slices[resnet], slices[vit]], upper_resnet),
                 "best_vit_layer": {layers[resnet][i]: layers[vit][int(np.nanargmax(full[slices[resnet],
                                                                                         slices[vit]][i]))]
                                    for i in range(len(layers[resnet]))}})
     results = []
     for finding, statistic in ((uniform, uniformity), (depth, resnet_to_vit_depth)):
-        value, low, high = bootstrap.cka_bootstrap_interval(terms, statistic, **interval)
+        per_seed = [lambda matrix, pair=pair, statistic=statistic: statistic(matrix, *pair) for pair in seed_pairs]
+        if num_seeds > 1:
+            value, low, high = bootstrap.cka_bootstrap_interval_over_seeds(terms, per_seed, **interval)
+        else:
+            value, low, high = bootstrap.cka_bootstrap_interval(terms, per_seed[0], **interval)
         results.append(dataclasses.replace(finding, value=value, low=low, high=high))
     return results
 

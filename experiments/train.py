@@ -1,20 +1,18 @@
 """Train (or load from the cache) the CPU-scale model zoo: ``python -m experiments.train --all``.
 
 Each recipe of ``vitcnn_tf.zoo.RECIPES`` is trained on first use and cached under ``--results-dir``
-(``<dir>/<recipe>/model.npz`` + ``record.json``); later runs load it unless ``--retrain``. A table of recipe /
-test accuracy / train accuracy / training wall and CPU time is printed at the end (the times are those recorded
-when the recipe was trained).
+(``<dir>/<recipe>/model.npz`` + ``record.json``); later runs reuse it unless ``--retrain``. Missing recipes train
+in ``--jobs`` single-threaded worker processes (default: one per CPU), the longest first, with a line per finished
+recipe; ``--jobs 1`` trains in this process with Keras progress bars. A table of recipe / test accuracy / train
+accuracy / training wall and CPU time is printed at the end (the times are those recorded when the recipe was
+trained).
 """
 
 import argparse
-import logging
-import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from vitcnn_tf import zoo  # noqa: E402
+from vitcnn_tf import parallel, zoo  # noqa: E402
 
 
 def main(argv=None):
@@ -30,8 +28,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir (for tfds recipes)")
     parser.add_argument("--cache-dir", default=None,
                         help="cache of generated data (default: $VITCNN_TF_CACHE or ~/.cache/vitcnn_tf)")
-    parser.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"],
-                        help="Keras fit verbosity: auto (a progress bar on a terminal), 0, 1 or 2")
+    parser.add_argument("--jobs", type=int, default=parallel.default_num_workers(),
+                        help="worker processes training at once (default: one per CPU, %(default)s here)")
     args = parser.parse_args(argv)
 
     if args.list:
@@ -46,30 +44,32 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(zoo.RECIPES)}")
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
-    rows = []
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     start = time.perf_counter()
-    for name in dict.fromkeys(names):
-        entry = zoo.load_or_train(name, args.results_dir, retrain=args.retrain, data_dir=args.data_dir,
-                                  cache_dir=args.cache_dir, verbose=verbose)
-        rows.append((name, entry))
-    print(format_table(rows))
+
+    def report(name, record, trained):
+        status = f"trained in {record['wall_time_seconds']:.0f} s" if trained else "cached"
+        print(f"[{time.perf_counter() - start:5.0f} s] {name}: {status}, test accuracy {record['test_accuracy']:.3f}",
+              flush=True)
+
+    outcome = zoo.train_recipes(names, args.results_dir, num_workers=args.jobs, retrain=args.retrain,
+                                data_dir=args.data_dir, cache_dir=args.cache_dir, on_done=report)
+    print(format_table([(name, *outcome[name]) for name in outcome]))
     print(f"total wall time of this run: {time.perf_counter() - start:.0f} s")
     return 0
 
 
 def format_table(rows):
-    """A Markdown table of (recipe name, ZooEntry) rows."""
+    """A Markdown table of (recipe name, record, trained) rows."""
     lines = ["| recipe | train examples | epochs | test accuracy | train accuracy | wall time (s) | CPU time (s) "
              "| status |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name, entry in rows:
-        record = entry.record
+    for name, record, trained in rows:
         lines.append(
             f"| {name} | {record['data']['train_examples']} | {record['epochs']} | {record['test_accuracy']:.3f} | "
             f"{record['train_accuracy']:.3f} | {record['wall_time_seconds']:.0f} | {record['cpu_seconds']:.0f} | "
-            f"{'trained' if entry.trained else 'cached'} |")
+            f"{'trained' if trained else 'cached'} |")
     return "\n".join(lines)
 
 

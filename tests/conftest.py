@@ -1,5 +1,6 @@
 """Test-session setup shared by every test module.
 
+* The TensorFlow environment defaults of ``vitcnn_tf.runtime`` (oneDNN kernels, quiet logs), as the experiments use.
 * Two logical CPU devices are created before TensorFlow initialises, so that ``tf.distribute.MirroredStrategy``
   tests run on this CPU-only machine (it must happen before any op executes, hence here).
 * Hypothesis: no deadline (first calls compile ``tf.function`` graphs), a bounded number of examples.
@@ -7,7 +8,9 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from vitcnn_tf import runtime  # noqa: E402
+
+runtime.set_environment_defaults()  # before TensorFlow is imported
 
 import tensorflow as tf  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -83,3 +83,25 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="not finite"):
         zero = {"cross": np.zeros((2, 1, 1)), "self_x": np.zeros((2, 1)), "self_y": np.ones((2, 1))}
         bootstrap.cka_bootstrap_interval(zero, lambda m: m[0, 0])
+
+
+def test_two_seeds_with_batch_independent_statistics_give_the_three_point_distribution_of_seeds():
+    # Seed statistics 0.2 and 0.6, whatever the batches: resampled seed means are 0.2, 0.4, 0.6 with probabilities
+    # 1/4, 1/2, 1/4, so the 95% interval is [0.2, 0.6] around the estimate 0.4.
+    terms = random_terms(6, 2, 2, seed=3)
+    estimate, low, high = bootstrap.cka_bootstrap_interval_over_seeds(terms, [lambda m: 0.2, lambda m: 0.6],
+                                                                      num_resamples=2000, seed=1)
+    assert estimate == pytest.approx(0.4) and low == pytest.approx(0.2) and high == pytest.approx(0.6)
+
+
+def test_identical_seeds_reduce_to_the_minibatch_bootstrap_and_seeds_widen_the_interval():
+    terms = one_pair_terms(np.random.default_rng(4).uniform(size=20))
+    single = bootstrap.cka_bootstrap_interval(terms, lambda m: m[0, 0], num_resamples=500)
+    same = bootstrap.cka_bootstrap_interval_over_seeds(terms, [lambda m: m[0, 0]] * 2, num_resamples=500)
+    assert same[0] == pytest.approx(single[0])
+    assert same[2] - same[1] == pytest.approx(single[2] - single[1], rel=0.25)
+    shifted = bootstrap.cka_bootstrap_interval_over_seeds(terms, [lambda m: m[0, 0] - 0.3, lambda m: m[0, 0] + 0.3],
+                                                          num_resamples=500)
+    assert shifted[0] == pytest.approx(single[0]) and shifted[2] - shifted[1] > 2 * (single[2] - single[1])
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap.cka_bootstrap_interval_over_seeds(terms, [lambda m: m[0, 0]])

@@ -39,6 +39,9 @@ def tiny_models(tmp_path_factory):
         "mixer": Mixer(MixerConfig(patch_size=4, hidden_dim=8, num_blocks=1, tokens_mlp_dim=4, channels_mlp_dim=8,
                                    image_size=IMAGE_SIZE, num_classes=10)),
     }
+    keras.utils.set_random_seed(1)  # second seeds of the ViT and the ResNet, for intervals over seeds
+    models["vit_seed1"] = ViT(models["vit"].config)
+    models["resnet_seed1"] = ResNetV2(models["resnet"].config)
     paths = {}
     for name, model in models.items():
         paths[name] = str(folder / f"{name}.keras")
@@ -92,6 +95,31 @@ def test_sec4_writes_every_promised_file_and_the_findings(sec4_run):
     assert json.loads((out / "summary.json").read_text())["findings"] == summary["findings"]
     check_findings(summary, ["vit_uniform_similarity", "resnet_lower_half_matches_vit_lowest_quarter"])
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_sec4_with_seed_replicates_averages_the_findings_over_seed_pairs(tiny_models, tmp_path):
+    replicates = [f"{tiny_models['vit']}={tiny_models['vit_seed1']}",
+                  f"{tiny_models['resnet']}={tiny_models['resnet_seed1']}"]
+    _, summary = run_module(sec4, tmp_path, [tiny_models["vit"], tiny_models["resnet"]], "--seed-replicates",
+                            *replicates)
+    assert summary["seed_replicates"] == {"vit": ["vit_seed1"], "resnet": ["resnet_seed1"]}
+    assert sorted(summary["maps"]) == ["cross_vit_resnet", "seeds_resnet_resnet_seed1", "seeds_vit_vit_seed1",
+                                       "within_resnet", "within_vit"]
+    check_findings(summary, ["vit_uniform_similarity", "resnet_lower_half_matches_vit_lowest_quarter"])
+    uniform = summary["findings"][0]
+    assert uniform["detail"]["seed_pairs"] == [["vit", "resnet"], ["vit_seed1", "resnet_seed1"]]
+    assert uniform["value"] == pytest.approx(np.mean(uniform["detail"]["per_seed"]))
+    # Seed 0's term from the written within-model maps (an independent path from the batch terms).
+    within = {label: np.load(tmp_path / f"within_{label}.npz") for label in ("vit", "resnet")}
+    outputs = {label: [list(within[label]["row_names"]).index(name)
+                       for name in uniform["detail"][f"{label}_block_outputs"]] for label in within}
+    expected = (sec4.lower_upper_similarity(within["vit"]["matrix"], outputs["vit"])
+                - sec4.lower_upper_similarity(within["resnet"]["matrix"], outputs["resnet"]))
+    assert uniform["detail"]["per_seed"][0] == pytest.approx(expected, abs=1e-9)
+    assert uniform["detail"]["per_seed"][1] != pytest.approx(expected, abs=1e-6)  # another seed, another value
+    seeds_map = np.load(tmp_path / "seeds_vit_vit_seed1.npz")
+    assert seeds_map["matrix"].shape == within["vit"]["matrix"].shape
 
 
 def test_within_model_map_is_symmetric_with_unit_diagonal_and_excludes_attention_and_logits(sec4_run):
@@ -235,10 +263,12 @@ def test_per_image_erf_maps_average_to_the_erf_and_are_each_images_own():
     hidden = keras.layers.Conv2D(3, 3, padding="same", activation="tanh", name="conv0")(inputs)
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same", name="conv1")(hidden))
     images = np.random.default_rng(0).uniform(-1, 1, size=(5, 9, 9, 2)).astype(np.float32)
+    # float32 gradients computed in batches of 2 and of 5: equal to float32 rounding (oneDNN picks its kernels
+    # by batch size), hence rtol 1e-5.
     per_image = receptive_field.per_image_effective_receptive_field(model, images, "conv1", batch_size=2)
     assert per_image.shape == (5, 9, 9)
     np.testing.assert_allclose(per_image.mean(axis=0),
-                               receptive_field.effective_receptive_field(model, images, "conv1"), rtol=1e-12)
+                               receptive_field.effective_receptive_field(model, images, "conv1"), rtol=1e-5)
     np.testing.assert_allclose(per_image[3], receptive_field.effective_receptive_field(model, images[3:4], "conv1"),
                                rtol=1e-6)
     assert not np.allclose(per_image[0], per_image[1])  # tanh: the gradient depends on the image
@@ -266,3 +296,12 @@ def test_layer_groups_follow_block_and_stage_prefixes():
         plotting.cka_heatmap(np.eye(3), names)
     with pytest.raises(ValueError, match="series"):
         plotting.line_plot({"a": ([0, 1], [1, 2, 3])})
+
+
+def test_points_plot_draws_intervals_that_do_not_contain_their_estimate():
+    # A percentile bootstrap interval need not contain the estimate: the second point lies above its interval.
+    x, y, low, high = [0.0, 1.0], [0.5, 0.9], [0.4, 0.6], [0.6, 0.8]
+    figure = plotting.line_plot({"a": (x, y, low, high)}, style="points")
+    (segments,) = figure.axes[0].collections
+    np.testing.assert_allclose(np.array(segments.get_segments()), [[[0.0, 0.4], [0.0, 0.6]], [[1.0, 0.6], [1.0, 0.8]]])
+    np.testing.assert_allclose(figure.axes[0].lines[0].get_ydata(), y)

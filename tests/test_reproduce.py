@@ -23,8 +23,8 @@ def fake_pipeline(monkeypatch):
     fake.FAIL.clear()
 
 
-def run(out, *extra):
-    return reproduce.main(["--out", str(out), "--no-progress", *extra])
+def run(out, *extra, jobs=1):
+    return reproduce.main(["--out", str(out), "--no-progress", "--jobs", str(jobs), *extra])
 
 
 def outputs(out):
@@ -54,6 +54,33 @@ def test_second_run_reuses_every_stage(tmp_path):
     run(tmp_path)
     assert fake.CALLS == []
     assert outputs(tmp_path) == first
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_in_process_results(tmp_path):
+    run(tmp_path / "in_process")
+    fake.CALLS.clear()
+    run(tmp_path / "workers", jobs=2)
+    assert fake.CALLS == []  # the stages ran in the worker processes
+    assert outputs(tmp_path / "workers") == outputs(tmp_path / "in_process")
+
+
+def test_stage_code_covers_the_helper_modules_it_imports():
+    files = {os.path.relpath(path, reproduce._PROJECT_ROOT)
+             for path in reproduce.code_files("experiments.sec8_data_scale")}
+    assert {"experiments/sec8_data_scale.py", "experiments/sec7_linear_probes.py", "experiments/sec678_common.py",
+            "experiments/common.py", "vitcnn_tf/analysis/probes.py", "vitcnn_tf/zoo.py"} <= files
+    assert "experiments/sec6_skip_connections.py" not in files and "experiments/reproduce.py" not in files
+
+
+def test_an_edited_helper_module_invalidates_the_stage(tmp_path, monkeypatch):
+    run(tmp_path)
+    helper = os.path.join(reproduce._PROJECT_ROOT, "experiments", "common.py")  # imported by the fake stage module
+    real_sha256 = reproduce._file_sha256
+    monkeypatch.setattr(reproduce, "_file_sha256", lambda path: "edited" if path == helper else real_sha256(path))
+    fake.CALLS.clear()
+    run(tmp_path)
+    assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
 
 
 @pytest.mark.parametrize("interrupted", [stage.name for stage in FAKE_STAGES])

@@ -37,6 +37,9 @@ def test_registry_has_the_paper_recipes():
     required = {"vit", "vit_gap", "vit_noskip_early", "vit_noskip_mid", "vit_noskip_late", "resnet", "mixer",
                 "vit_data3", "vit_data10", "vit_data30", "resnet_data3", "resnet_data10", "resnet_data30"}
     assert required <= set(zoo.RECIPES)
+    for base in ("vit", "resnet"):
+        assert zoo.RECIPES[f"{base}_seed1"] == dataclasses.replace(
+            zoo.RECIPES[base], name=f"{base}_seed1", seed=1, description=zoo.RECIPES[f"{base}_seed1"].description)
     with pytest.raises(ValueError, match="unknown zoo recipe 'nope'.*vit_gap"):
         zoo.get_recipe("nope")
 
@@ -55,13 +58,16 @@ def test_recipe_model_configs():
 
 
 def test_data_fraction_recipes_are_nested_subsets_of_the_plain_recipe():
+    # epochs = round(plain epochs / sqrt(fraction)): vit 3 / sqrt(0.03) = 17.3, 3 / sqrt(0.1) = 9.5, ...
+    expected_epochs = {"vit": {"3": 17, "10": 9, "30": 5}, "resnet": {"3": 6, "10": 3, "30": 2}}
     for base in ("vit", "resnet"):
         plain = zoo.RECIPES[base]
         assert plain.fraction is None
+        assert plain.training.epochs == {"vit": 3, "resnet": 1}[base]
         for percent, fraction in (("3", 0.03), ("10", 0.1), ("30", 0.3)):
             recipe = zoo.RECIPES[f"{base}_data{percent}"]
             assert recipe.fraction == fraction and recipe.subset_seed == plain.subset_seed
-            assert recipe.training.epochs == max(1, round(plain.training.epochs / fraction ** (1 / 3)))
+            assert recipe.training.epochs == expected_epochs[base][percent]
             assert dataclasses.replace(recipe, name=base, fraction=None, training=plain.training,
                                        description=plain.description) == plain
 
@@ -205,7 +211,29 @@ def test_cli_loads_a_cached_recipe_and_prints_the_table(trained, tmp_path, monke
     results = _copy_entry(trained, tmp_path)
     monkeypatch.setitem(zoo.RECIPES, "tiny_vit", TINY)
     _forbid_training(monkeypatch)
-    assert train_cli.main(["--recipe", "tiny_vit", "--results-dir", str(results), "--verbose", "0"]) == 0
+    assert train_cli.main(["--recipe", "tiny_vit", "--results-dir", str(results)]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| tiny_vit"))
     assert "cached" in row and f"{trained[1].record['test_accuracy']:.3f}" in row
+
+
+@pytest.mark.slow
+def test_train_recipes_in_two_workers_then_reuses_the_cache(trained, tmp_path, monkeypatch):
+    other = dataclasses.replace(TINY, name="tiny_vit_seed1", seed=1)
+    done = []
+    outcome = zoo.train_recipes([other, TINY], tmp_path, num_workers=2,
+                                on_done=lambda name, record, was_trained: done.append((name, was_trained)))
+    assert list(outcome) == ["tiny_vit_seed1", "tiny_vit"] and sorted(done) == [("tiny_vit", True),
+                                                                               ("tiny_vit_seed1", True)]
+    for recipe in (TINY, other):
+        record, was_trained = outcome[recipe.name]
+        assert was_trained and zoo.cached_record(recipe, tmp_path) == record
+    # Trained in a single-threaded worker process: the same model as the in-process run, up to float rounding.
+    worker_model = zoo.get_model(TINY, tmp_path)
+    np.testing.assert_allclose(worker_model.predict(_images(), verbose=0), trained[2], atol=1e-3)
+    assert outcome["tiny_vit"][0]["test_accuracy"] == pytest.approx(trained[1].record["test_accuracy"], abs=0.02)
+
+    _forbid_training(monkeypatch)
+    again = zoo.train_recipes([TINY, other], tmp_path, num_workers=2)
+    assert {name: was_trained for name, (_, was_trained) in again.items()} == {"tiny_vit": False,
+                                                                               "tiny_vit_seed1": False}

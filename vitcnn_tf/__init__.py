@@ -10,6 +10,7 @@ Subpackages:
   training, zoo     the training loop and the cached CPU-scale model zoo.
   plotting          matplotlib figures (CKA heatmaps, line plots, image grids).
   atomic_io         atomic result files.
+  runtime, parallel TensorFlow environment defaults and thread limits; jobs in single-threaded worker processes.
 """
 
 __version__ = "0.1.0"

@@ -83,7 +83,7 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
 
     ``x``, ``y`` (and ``low``, ``high``, an interval band / error bars around ``y``) are 1-D of equal length.
     ``style``: ``"line"`` (lines with markers; intervals as shaded bands) or ``"points"`` (markers only; intervals
-    as error bars). ``hlines``: y values of dashed reference lines, or ``{legend label: y value}``.
+    as vertical segments). ``hlines``: y values of dashed reference lines, or ``{legend label: y value}``.
     ``xticks`` / ``xticklabels`` set the x ticks.
     """
     if style not in ("line", "points"):
@@ -104,10 +104,10 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
             (line,) = axes.plot(x, y, marker="o", markersize=3, label=str(label))
             if band:
                 axes.fill_between(x, band[0], band[1], color=line.get_color(), alpha=0.2, linewidth=0)
-        elif band:
-            axes.errorbar(x, y, yerr=[y - band[0], band[1] - y], fmt="o", markersize=4, capsize=2, label=str(label))
         else:
-            axes.plot(x, y, "o", markersize=4, label=str(label))
+            (points,) = axes.plot(x, y, "o", markersize=4, label=str(label))
+            if band:  # segments from low to high: right even when an interval does not contain its estimate
+                axes.vlines(x, band[0], band[1], color=points.get_color(), linewidth=1.2)
     labelled_lines = hlines.items() if isinstance(hlines, dict) else ((None, value) for value in hlines)
     for line_label, value in labelled_lines:
         axes.axhline(value, color="grey", linestyle="--", linewidth=0.8, label=line_label)

@@ -96,7 +96,7 @@ def make_optimizer(model, config, total_steps):
 
 
 def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, output_dir=None, train_eval_data=None,
-        record_extra=None, checkpoint_every=0, weights_format="keras", verbose="auto"):
+        record_extra=None, checkpoint_every=0, weights_format="keras", validation_every=None, verbose="auto"):
     """Train ``model`` (logits output) on ``train_data`` and return the run's record (a JSON-able dict).
 
     The record's ``wall_time_seconds`` covers training and the final evaluations, ``cpu_seconds`` the process
@@ -114,6 +114,9 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
       record_extra: merged into the record (e.g. ``{"data": {...}, "recipe": {...}}``).
       checkpoint_every: save weights every this many epochs under ``output_dir/checkpoints`` (0: never).
       weights_format: ``"keras"`` (``.weights.h5``) or ``"npz"`` (release format, our models only).
+      validation_every: evaluate ``test_data`` after every this many epochs (its history is in the record); the
+        default ``ceil(epochs / 3)`` keeps many short epochs (small data subsets) from costing more in
+        evaluation than in training. The final test accuracy is measured after training in any case.
       verbose: Keras ``fit`` verbosity; ``"auto"`` is a progress bar on a terminal, one line per epoch otherwise.
     """
     steps_per_epoch = _num_batches(train_data, "train_data")
@@ -121,6 +124,10 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
     total_steps = steps_per_epoch * int(config.epochs)
     if weights_format not in WEIGHTS_FILES:
         raise ValueError(f"fit: weights_format must be one of {sorted(WEIGHTS_FILES)}, got {weights_format!r}")
+    if validation_every is None:
+        validation_every = -(-int(config.epochs) // 3)
+    if isinstance(validation_every, bool) or not isinstance(validation_every, int) or validation_every < 1:
+        raise ValueError(f"fit: validation_every must be a positive int, got {validation_every!r}")
     if checkpoint_every and output_dir is None:
         raise ValueError("fit: checkpoint_every needs an output_dir")
     if verbose == "auto":
@@ -140,6 +147,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
     history = model.fit(
         _one_hot(train_data, num_classes),
         validation_data=None if test_data is None else _one_hot(test_data, num_classes),
+        validation_freq=validation_every,
         epochs=int(config.epochs),
         shuffle=False,  # the pipeline shuffles
         callbacks=callbacks,
@@ -160,6 +168,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         "seed": int(seed),
         "epochs": int(config.epochs),
         "steps_per_epoch": steps_per_epoch,
+        "validation_every": validation_every,
         "training": dataclasses.asdict(config),
         "train_accuracy": float(train_accuracy),
         "train_loss": float(train_loss),

@@ -1,7 +1,9 @@
 """The CPU-scale model zoo: named training recipes whose trained weights are cached under a results directory.
 
-``get_model("vit")`` returns the trained model, training it on first use (about a minute on a 2-core CPU)
-and loading it afterwards. Each recipe lives in ``<results_dir>/<recipe name>/``::
+``get_model("vit")`` returns the trained model, training it on first use (about two minutes on a 2-core CPU)
+and loading it afterwards; :func:`train_recipes` trains several at once in single-threaded worker processes
+(:mod:`vitcnn_tf.parallel`), the fastest way to fill the zoo on a small machine. Each recipe lives in
+``<results_dir>/<recipe name>/``::
 
     model.npz      the weights in the release ``.npz`` format (``vitcnn_tf.models.save_npz``), written atomically
     record.json    the recipe and its fingerprint, model config, data, seed, epochs, history, train / test
@@ -13,10 +15,10 @@ matches; otherwise (missing, truncated or corrupted file, changed recipe) the re
 
 Recipes (:data:`RECIPES`), all on the embedded ``shapes10`` set: ``vit`` (CLS token), ``vit_gap`` (global
 average pooling), ``vit_noskip_early`` / ``_mid`` / ``_late`` (both skip connections of block 1 / 3 / 5
-removed, Section 6), ``resnet``, ``mixer``, and ``vit_data{3,10,30}`` / ``resnet_data{3,10,30}``: the same
+removed, Section 6), ``resnet``, ``mixer``, ``vit_data{3,10,30}`` / ``resnet_data{3,10,30}``: the same
 recipes on nested stratified 3 / 10 / 30 % subsets of the training split (Section 8; 100 % is the plain
-recipe). Subset recipes train ``round(epochs / fraction ** (1/3))`` epochs: more passes over less data, so that
-small subsets are not starved of optimisation steps, at about ``fraction ** (2/3)`` of the full run's cost.
+recipe), and ``vit_seed1`` / ``resnet_seed1``: the plain recipes with seed 1, for intervals over seeds. Subset recipes train ``round(epochs / sqrt(fraction))`` epochs: more passes over less data, so that
+small subsets are not starved of optimisation steps (``sqrt(fraction)`` of the full run's steps and cost).
 """
 
 import dataclasses
@@ -27,11 +29,11 @@ import logging
 import os
 
 from vitcnn_tf import data as data_lib
-from vitcnn_tf import training
+from vitcnn_tf import parallel, training
 from vitcnn_tf.data import shapes
 from vitcnn_tf.training import TrainConfig
 
-ZOO_FORMAT = 1
+ZOO_FORMAT = 2  # 2: training drops the last partial batch of each epoch
 DEFAULT_RESULTS_DIR = os.path.join("results", "zoo")
 WEIGHTS_FORMAT = "npz"
 TRAIN_EVAL_EXAMPLES = 1000
@@ -110,26 +112,34 @@ class ZooEntry:
 _VIT = Recipe(
     name="vit", architecture="vit", preset="ViT-CPU/4",
     training=TrainConfig(epochs=3, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=32, description="ViT-CPU/4, CLS-token classifier",
+    batch_size=64, description="ViT-CPU/4, CLS-token classifier",
 )
 _RESNET = Recipe(
     name="resnet", architecture="resnet", preset="ResNetV2-CPU",
     training=TrainConfig(epochs=1, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=32, description="BiT-style ResNetV2-CPU",
+    batch_size=64, description="BiT-style ResNetV2-CPU",
 )
 _MIXER = Recipe(
     name="mixer", architecture="mixer", preset="Mixer-CPU/4",
     training=TrainConfig(epochs=3, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=32, description="MLP-Mixer-CPU/4",
+    batch_size=64, description="MLP-Mixer-CPU/4",
 )
 NOSKIP_BLOCKS = {"early": 1, "mid": 3, "late": 5}
 DATA_FRACTIONS = (0.03, 0.1, 0.3)
+EXTRA_SEEDS = (1,)
+
+
+def seed_recipe(base, seed):
+    """``base`` with another seed (initialisation, data order), named ``<base>_seed<seed>``: for intervals over
+    seeds."""
+    return dataclasses.replace(base, name=f"{base.name}_seed{seed}", seed=seed,
+                               description=f"{base.description}, seed {seed}")
 
 
 def subset_recipe(base, fraction):
-    """``base`` trained on a stratified ``fraction`` of its training split, for ``round(epochs / f ** (1/3))``
+    """``base`` trained on a stratified ``fraction`` of its training split, for ``round(epochs / sqrt(fraction))``
     epochs; named ``<base>_data<percent>``."""
-    epochs = max(1, round(base.training.epochs / fraction ** (1 / 3)))
+    epochs = max(1, round(base.training.epochs / fraction ** 0.5))
     percent = f"{100 * fraction:g}"
     return dataclasses.replace(
         base, name=f"{base.name}_data{percent}", fraction=fraction,
@@ -151,6 +161,7 @@ def _build_recipes():
             description=f"ViT-CPU/4 without the two skip connections of block {block} ({where})"))
     recipes.append(_MIXER)
     recipes += [subset_recipe(base, fraction) for base in (_VIT, _RESNET) for fraction in DATA_FRACTIONS]
+    recipes += [seed_recipe(base, seed) for base in (_VIT, _RESNET) for seed in EXTRA_SEEDS]
     return {recipe.name: recipe for recipe in recipes}
 
 
@@ -256,14 +267,74 @@ def get_model(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_di
                          verbose=verbose).model
 
 
+# Single-threaded training seconds per example on the reference machine (2-core AMD EPYC, oneDNN) and the fixed
+# cost of a run (graph tracing, evaluations): scheduling estimates for train_recipes, longest first.
+SECONDS_PER_EXAMPLE = {"vit": 0.0029, "mixer": 0.0025, "resnet": 0.0066}
+FIXED_SECONDS = 20.0
+
+
+def estimated_seconds(recipe, data_dir=None, cache_dir=None):
+    """A rough single-threaded training time of ``recipe`` on a 2-core laptop-class CPU, for scheduling."""
+    recipe = get_recipe(recipe)
+    examples = data_lib.split_size(recipe.dataset, recipe.train_split, fraction=recipe.fraction,
+                                   num_examples=recipe.num_examples, subset_seed=recipe.subset_seed,
+                                   data_dir=data_dir, cache_dir=cache_dir)
+    return FIXED_SECONDS + SECONDS_PER_EXAMPLE[recipe.architecture] * examples * recipe.training.epochs
+
+
+def training_task(recipe, results_dir=DEFAULT_RESULTS_DIR, *, data_dir=None, cache_dir=None, verbose=0, name=None):
+    """A :class:`vitcnn_tf.parallel.Task` (named ``name`` or the recipe's name) that trains ``recipe`` into its
+    cache folder and returns the record; its cost is :func:`estimated_seconds`."""
+    recipe = get_recipe(recipe)
+    return parallel.Task(name or recipe.name, _train_recipe, (recipe, os.fspath(results_dir), data_dir, cache_dir),
+                         {"verbose": verbose}, cost=estimated_seconds(recipe, data_dir, cache_dir))
+
+
+def train_recipes(recipes, results_dir=DEFAULT_RESULTS_DIR, *, num_workers=None, retrain=False, data_dir=None,
+                  cache_dir=None, on_done=None):
+    """Makes sure every recipe of ``recipes`` (names or :class:`Recipe` s) has a valid cache entry, training the
+    missing ones in ``num_workers`` single-threaded worker processes (default: one per CPU; 1 trains here, with
+    Keras progress bars), the longest first. Returns ``{name: (record, trained)}`` in the order given.
+    ``on_done(name, record, trained)`` is called as each recipe is ready (cached ones first)."""
+    recipes = list({recipe.name: recipe for recipe in map(get_recipe, recipes)}.values())
+    if num_workers is None:
+        num_workers = parallel.default_num_workers()
+    outcome, tasks = {}, []
+    for recipe in recipes:
+        record = None if retrain else cached_record(recipe, results_dir)
+        if record is not None:
+            outcome[recipe.name] = (record, False)
+            if on_done:
+                on_done(recipe.name, record, False)
+        else:
+            tasks.append(training_task(recipe, results_dir, data_dir=data_dir, cache_dir=cache_dir,
+                                       verbose="auto" if num_workers == 1 else 0))
+
+    def finished(task, record):
+        outcome[task.name] = (record, True)
+        if on_done:
+            on_done(task.name, record, True)
+
+    parallel.run_tasks(tasks, num_workers=num_workers, on_done=finished)
+    return {recipe.name: outcome[recipe.name] for recipe in recipes}
+
+
+def _train_recipe(recipe, results_dir, data_dir, cache_dir, verbose):
+    """Trains ``recipe`` into its cache folder and returns the record (the function of :func:`training_task`)."""
+    return _train(recipe, recipe_dir(recipe, results_dir), data_dir, cache_dir, verbose).record
+
+
 def _train(recipe, folder, data_dir, cache_dir, verbose):
     info = data_lib.dataset_info(recipe.dataset, data_dir=data_dir, cache_dir=cache_dir)
     common = dict(image_size=recipe.image_size, data_dir=data_dir, cache_dir=cache_dir)
     subset = dict(fraction=recipe.fraction, num_examples=recipe.num_examples, subset_seed=recipe.subset_seed)
-    train_data = data_lib.load_dataset(recipe.dataset, recipe.train_split, batch_size=recipe.batch_size,
-                                       seed=recipe.seed, shuffle=True, augment=recipe.augment, **subset, **common)
     train_examples = data_lib.split_size(recipe.dataset, recipe.train_split, **subset, data_dir=data_dir,
                                          cache_dir=cache_dir)
+    # Full batches only (the order is reshuffled every epoch, so every example is still seen): a last, smaller
+    # batch would make Keras trace the training step a second time, about 10 s per recipe on a 2-core CPU.
+    train_data = data_lib.load_dataset(recipe.dataset, recipe.train_split, batch_size=recipe.batch_size,
+                                       seed=recipe.seed, shuffle=True, augment=recipe.augment, **subset, **common,
+                                       drop_remainder=train_examples >= recipe.batch_size)
     # The train accuracy is measured on the first TRAIN_EVAL_EXAMPLES of the subset order: a subset of the
     # training subset (all subsets are prefixes of one order), cheaper than the whole training set.
     train_eval_data = data_lib.load_dataset(

@@ -3,7 +3,8 @@
 ``bootstrap_interval`` resamples examples with replacement: every array passed shares its first axis (the
 examples) and is resampled with the same indices, so paired quantities stay paired. ``bootstrap_interval_over_seeds``
 is the two-level version for models trained with several seeds: seeds are resampled, then examples within each
-resampled seed, and the statistic is averaged over the seeds of a resample.
+resampled seed, and the statistic is averaged over the seeds of a resample. ``cka_bootstrap_interval`` and
+``cka_bootstrap_interval_over_seeds`` do the same for CKA statistics, resampling minibatches of HSIC terms.
 """
 
 import numpy as np
@@ -148,6 +149,28 @@ def cka_bootstrap_interval(batch_terms, statistic_fn, num_resamples=1000, confid
     ``{name: batch_terms}`` whose entries all have the same ``B``; the same batch indices are drawn for every entry
     and ``statistic_fn`` receives ``{name: [Lx, Ly] matrix}``.
     """
+    return _cka_bootstrap(batch_terms, [statistic_fn], num_resamples, confidence, seed, batches_per_resample)
+
+
+def cka_bootstrap_interval_over_seeds(batch_terms, statistic_fns, num_resamples=1000, confidence=0.95, seed=0,
+                                      batches_per_resample=None):
+    """``(estimate, low, high)`` of a statistic measured on models trained with several seeds, all evaluated on the
+    same minibatches (e.g. the ViT-minus-ResNet similarity of seed 0's pair and of seed 1's pair, from one joint
+    CKA matrix): a two-level bootstrap over seeds and minibatches.
+
+    ``statistic_fns``: one function per seed (at least 2), each taking the CKA matrix (or dict of matrices, as
+    :func:`cka_bootstrap_interval`) and returning that seed's scalar. The estimate is their mean on all batches.
+    Each replicate draws the batches with replacement (once, shared by the seeds, since the examples are shared),
+    then the seeds with replacement, and averages the drawn seeds' statistics. Other arguments as
+    :func:`cka_bootstrap_interval`.
+    """
+    if len(statistic_fns) < 2:
+        raise ValueError(f"statistic_fns: expected one statistic per seed, at least 2, got {len(statistic_fns)}; "
+                         "use cka_bootstrap_interval")
+    return _cka_bootstrap(batch_terms, list(statistic_fns), num_resamples, confidence, seed, batches_per_resample)
+
+
+def _cka_bootstrap(batch_terms, statistic_fns, num_resamples, confidence, seed, batches_per_resample):
     _check_interval_settings(num_resamples, confidence)
     joint = isinstance(batch_terms, dict) and not {"cross", "self_x", "self_y"} <= set(batch_terms)
     named_terms = batch_terms if joint else {None: batch_terms}
@@ -164,20 +187,27 @@ def cka_bootstrap_interval(batch_terms, statistic_fn, num_resamples=1000, confid
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or not 1 <= draws:
         raise ValueError(f"batches_per_resample: expected None or an int >= 1, got {batches_per_resample!r}")
 
-    def statistic(indices):
+    def statistic(indices, seeds):
         matrices = {name: cka_from_batch_terms(terms, indices) for name, terms in named_terms.items()}
-        value = statistic_fn(matrices if joint else matrices[None])
-        value = np.asarray(value, dtype=np.float64)
-        if value.ndim != 0:
-            raise ValueError(f"statistic_fn: expected a scalar, got shape {value.shape}")
-        if not np.isfinite(value):
-            raise ValueError("statistic_fn output: not finite (NaN or inf); a constant layer gives NaN CKA entries, "
-                             "exclude it from the statistic")
-        return value
+        values = []
+        for seed_index in seeds:
+            value = np.asarray(statistic_fns[seed_index](matrices if joint else matrices[None]), dtype=np.float64)
+            if value.ndim != 0:
+                raise ValueError(f"statistic_fn: expected a scalar, got shape {value.shape}")
+            if not np.isfinite(value):
+                raise ValueError("statistic_fn output: not finite (NaN or inf); a constant layer gives NaN CKA "
+                                 "entries, exclude it from the statistic")
+            values.append(value)
+        return np.mean(values)
 
-    estimate = statistic(None)
+    num_seeds = len(statistic_fns)
+    estimate = statistic(None, range(num_seeds))
     rng = np.random.default_rng(seed)
-    replicates = [statistic(rng.integers(0, num_batches, size=draws)) for _ in range(num_resamples)]
+    replicates = []
+    for _ in range(num_resamples):
+        indices = rng.integers(0, num_batches, size=draws)
+        seeds = rng.integers(0, num_seeds, size=num_seeds) if num_seeds > 1 else [0]
+        replicates.append(statistic(indices, seeds))
     return _percentile_interval(estimate, replicates, confidence)
 
 
