@@ -12,8 +12,8 @@ two single-threaded ViT-CPU/4 trainings side by side get 2.3x the examples per s
 A task starts once every task it names in ``after`` has finished; among the tasks ready to start, the costliest
 goes first (longest-processing-time scheduling). Every task runs in a fresh spawned process (never forked:
 TensorFlow's runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
-:func:`vitcnn_tf.runtime.limit_threads`, so a task's result and speed do not depend on what ran before it (a
-reused process ran later trainings up to 1.5x slower; a fresh one costs about 5 s of start-up). With
+:func:`vitcnn_tf.runtime.limit_threads`, so nothing a task leaves behind (Keras name counters, graphs, tf.data
+threads) reaches the next one; a fresh process costs about 5 s of start-up. With
 ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
 their arguments must be picklable (module-level functions, plain data) and their results too.
 """
