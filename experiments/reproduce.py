@@ -21,8 +21,8 @@ the measured quantity, its value with a bootstrap 95% interval, and the verdict 
 inconclusive.
 
 ``--preset paper`` names the paper's models (ViT-B/16, ViT-L/16, BiT-R50x1, Mixer-B/16, ImageNet-21k
-pre-training) and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that need models
-without public checkpoints (no-skip ViTs, data fractions) are skipped and say so in the report.
+pre-training) and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that
+need models without public checkpoints (no-skip ViTs, data fractions) are skipped and say so in the report.
 ``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation under that
 ``tf.distribute`` strategy.
 """
@@ -44,6 +44,7 @@ import traceback
 from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
+from vitcnn_tf import training  # noqa: E402
 
 STAGE_FILE = "stage.json"
 _NOT_AFFECTING_RESULTS = ("out", "progress")  # options left out of a stage's fingerprint
@@ -157,7 +158,7 @@ def stage_fingerprint(module, options):
     parts = {"format": STAGE_FORMAT, "module": module.__name__, "options": json.dumps(settings, sort_keys=True,
                                                                                        default=str),
              "models": [_model_identity(spec, options) for spec in common.model_specs(options)],
-             "code": {os.path.relpath(path, _PROJECT_ROOT): _file_sha256(path)
+             "code": {os.path.relpath(path, _PROJECT_ROOT): training.sha256_file(path)
                       for path in code_files(module.__name__)}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -257,27 +258,27 @@ def run_pipeline(args, stages, log=print):
     from vitcnn_tf import parallel, zoo
 
     workers = args.jobs
-    tasks, zoo_rows, needed = [], [], []
-    if args.preset == "cpu":
-        needed = list(dict.fromkeys(recipe for stage in stages for recipe in stage_recipes(stage)))
+    tasks, zoo_rows = [], []
+    recipes_of = {stage.name: stage_recipes(stage) if args.preset == "cpu" else [] for stage in stages}
+    needed = list(dict.fromkeys(recipe for recipes in recipes_of.values() for recipe in recipes))
+    if needed:
         verbose = "auto" if workers == 1 and args.progress else 0  # Keras progress bars in this process only
         tasks += [zoo.training_task(recipe, args.zoo_dir, data_dir=args.data_dir, verbose=verbose,
                                     name=f"zoo/{recipe}")
                   for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
-    training = {task.name for task in tasks}
+    trainings = {task.name for task in tasks}  # names of the zoo tasks of this run
     stage_args = args if workers == 1 else argparse.Namespace(**{**vars(args), "progress": False})
     tasks += [parallel.Task(stage.name, run_stage, (stage, stage_args),
-                            after=tuple(f"zoo/{r}" for r in (stage_recipes(stage) if args.preset == "cpu" else [])
-                                        if f"zoo/{r}" in training),
+                            after=tuple(f"zoo/{r}" for r in recipes_of[stage.name] if f"zoo/{r}" in trainings),
                             cost=stage.expected_seconds) for stage in stages]
     start = time.perf_counter()
 
     def started(task):
-        if task.name in training:
+        if task.name in trainings:
             log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] training")
 
     def done(task, result):
-        if task.name in training:
+        if task.name in trainings:
             log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] trained in {result['wall_time_seconds']:.0f} s, "
                 f"test accuracy {result['test_accuracy']:.3f}")
 
@@ -439,21 +440,14 @@ def _checkpoint_spec(spec, folder):
 def _model_identity(spec, options):
     """What identifies a model spec's weights: a zoo recipe's fingerprint + weights hash, or a file's hash."""
     if "=" in spec and spec.endswith(".npz"):
-        return {"spec": spec, "sha256": _file_sha256(spec.rsplit("=", 1)[1])}
+        return {"spec": spec, "sha256": training.sha256_file(spec.rsplit("=", 1)[1])}
     if spec.endswith(".keras"):
-        return {"spec": spec, "sha256": _file_sha256(spec)}
+        return {"spec": spec, "sha256": training.sha256_file(spec)}
     from vitcnn_tf import zoo
 
     record = zoo.cached_record(spec, options.zoo_dir) or {}
     return {"spec": spec, "recipe": zoo.get_recipe(spec).fingerprint(), "weights": record.get("weights_sha256")}
 
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":

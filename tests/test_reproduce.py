@@ -76,8 +76,9 @@ def test_stage_code_covers_the_helper_modules_it_imports():
 def test_an_edited_helper_module_invalidates_the_stage(tmp_path, monkeypatch):
     run(tmp_path)
     helper = os.path.join(reproduce._PROJECT_ROOT, "experiments", "common.py")  # imported by the fake stage module
-    real_sha256 = reproduce._file_sha256
-    monkeypatch.setattr(reproduce, "_file_sha256", lambda path: "edited" if path == helper else real_sha256(path))
+    real_sha256 = reproduce.training.sha256_file
+    monkeypatch.setattr(reproduce.training, "sha256_file",
+                        lambda path: "edited" if path == helper else real_sha256(path))
     fake.CALLS.clear()
     run(tmp_path)
     assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
