@@ -5,7 +5,6 @@ Not a benchmark itself; the benchmark scripts import it from their own folder (`
 """
 
 import os
-import re
 import resource
 import time
 
@@ -18,13 +17,13 @@ import numpy as np  # noqa: E402
 
 from vitcnn_tf import representations  # noqa: E402
 from vitcnn_tf.data import load_dataset, split_size  # noqa: E402
-from vitcnn_tf.models import ResNetV2, ResNetV2Config, ViT, ViTConfig  # noqa: E402
+from vitcnn_tf.models import get_model  # noqa: E402
+from vitcnn_tf.paper import common as paper_common  # noqa: E402
+from vitcnn_tf.paper import representation_structure  # noqa: E402
 
 DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
-# As experiments.sec4_representation_structure: every tap but the attention probabilities and the logits.
-HEATMAP_EXCLUDE = r".*/attn|logits"
-# zoo recipe name -> (preset, model class, config class) of the pair; "--tiny" shrinks both for tests.
-PAIR = {"vit": ("ViT-CPU/4", ViT, ViTConfig), "resnet": ("ResNetV2-CPU", ResNetV2, ResNetV2Config)}
+# zoo recipe name -> registry preset of the pair; "--tiny" shrinks both for tests.
+PAIR = {"vit": "ViT-CPU/4", "resnet": "ResNetV2-CPU"}
 TINY_IMAGE_SIZE = 16
 TINY_VIT_BLOCKS = 1
 
@@ -62,31 +61,30 @@ def cpu_pair(options):
         return models, f"trained zoo models from {options.zoo_dir}"
     keras.utils.set_random_seed(0)
     models = {}
-    for name, (preset, model_class, config_class) in PAIR.items():
+    for name, preset in PAIR.items():
         overrides = {}
         if options.tiny:
             overrides["image_size"] = TINY_IMAGE_SIZE
             if name == "vit":
                 overrides["num_layers"] = TINY_VIT_BLOCKS
-        models[name] = model_class(config_class.from_name(preset, **overrides))
+        models[name] = get_model(preset, **overrides)
     why = "--tiny" if options.tiny else ("--untrained" if options.untrained else f"no trained zoo in {options.zoo_dir}")
     return models, f"untrained {'tiny ' if options.tiny else ''}models ({why})"
 
 
-def heatmap_taps(model, exclude=HEATMAP_EXCLUDE):
-    """Tap names of ``model`` in the heatmap (forward order): all but those whose whole name matches ``exclude``."""
-    pattern = re.compile(exclude)
-    return [name for name in representations.layer_names(model) if not pattern.fullmatch(name)]
+def heatmap_taps(model):
+    """Tap names of ``model`` in the heatmap, in forward order: those of
+    ``vitcnn_tf.paper.representation_structure.kept_taps`` with its defaults (every tap but the attention
+    probabilities ``*/attn`` and the ``logits``)."""
+    return representation_structure.kept_taps(model)
 
 
-def image_size(model):
-    """Side of the square image input of ``model``."""
-    return int(model.inputs[0].shape[1])
+image_size = paper_common.image_size  # side S of a model's square input [n, S, S, C]
 
 
 def describe_pair(models, taps):
     """One line per model: preset, taps kept of all taps."""
-    return "; ".join(f"{name} {PAIR[name][0]}: {len(taps[name])} of {len(representations.layer_names(model))} taps"
+    return "; ".join(f"{name} {PAIR[name]}: {len(taps[name])} of {len(representations.layer_names(model))} taps"
                      for name, model in models.items())
 
 

@@ -27,7 +27,7 @@ runtime.set_environment_defaults()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vitcnn_tf.metrics import cka, reference  # noqa: E402
+from vitcnn_tf.metrics import cka, minibatch, reference  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -98,7 +98,7 @@ def time_grams_only(batches_tf):
 
     @tf.function(autograph=False)
     def grams(layers):
-        return tf.stack([cka._symmetric_gram(x - tf.reduce_mean(x, axis=0, keepdims=True)) for x in layers])
+        return tf.stack([minibatch._symmetric_gram(x - tf.reduce_mean(x, axis=0, keepdims=True)) for x in layers])
 
     grams(batches_tf[0]).numpy()
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Benchmark: end-to-end time per 1,000 examples of the full ViT + ResNet CKA heatmap, split into its parts.
 
-The heatmap is the Section 4 one (``experiments.sec4_representation_structure``): every tap of ``ViT-CPU/4`` and
+The heatmap is the Section 4 one (``vitcnn_tf.paper.representation_structure``): every tap of ``ViT-CPU/4`` and
 ``ResNetV2-CPU`` except the attention probabilities (``*/attn``) and the logits, both models run side by side on
 the same minibatches (``representations.joint_tap_model``) into one ``MinibatchCKA``, whose ``[L, L]`` result
 holds the within-ViT, within-ResNet and cross-model maps. The shapes10 test split (a stratified subset) is
@@ -29,7 +29,6 @@ Trained zoo models are used when ``--zoo-dir`` holds them, untrained ones otherw
 import argparse
 import os
 import sys
-import time
 
 from vitcnn_tf import runtime  # noqa: E402
 

@@ -7,47 +7,45 @@ Every experiment module ``experiments.<name>`` provides::
                                                 # JSON-able summary with a "findings" list of Finding.to_dict()
     main(argv=None) -> int                      # = common.main(sys.modules[__name__], argv)
 
-A model is named by a *model spec*:
-
-* a zoo recipe (``vit``, ``vit_gap``, ``resnet``, ``mixer``, ... see ``python -m experiments.train --list``),
-  trained on first use and cached under ``--zoo-dir``;
-* a saved Keras model, ``path/to/model.keras``;
-* a preset with a published checkpoint, ``PRESET=path/to/file.npz`` (``ViT-B/16=ckpt/ViT-B_16.npz``,
-  ``BiT-R50x1=ckpt/BiT-M-R50x1.npz``); ``PRESET:key=value,...=file.npz`` overrides config fields
-  (``ViT-B/16:representation_size=768,num_classes=21843=ckpt/ViT-B_16.npz``).
+A model is named by a *model spec* (``vitcnn_tf.model_specs``): a zoo recipe (``vit``, ``resnet``, ... see
+``python -m experiments.train --list``), trained on first use and cached under ``--zoo-dir``; a saved Keras model
+``path/to/model.keras``; ``PRESET[:key=value,...]=file.npz`` for a published checkpoint
+(``ViT-B/16:representation_size=768,num_classes=21843=ckpt/ViT-B_16.npz``); or a bare ``PRESET[:key=value,...]``
+for a randomly initialised model.
 """
 
 import argparse
-import ast
-import math
 import os
 import sys
-
-import numpy as np  # noqa: E402
+import time
 
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import data as data_lib  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
+from vitcnn_tf import model_specs as model_spec_lib  # noqa: E402
+from vitcnn_tf.atomic_io import json_safe  # noqa: E402
 
 DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
 STRATEGIES = ("none", "mirrored", "tpu", "multiworker")
 SUMMARY_FILE = "summary.json"
-NON_FINITE_NOTE = ("non-finite numbers (NaN, inf) are not valid JSON and were written as null; "
-                   "'non_finite_paths' lists where")
 
 
 def add_common_arguments(parser, *, default_models, default_num_examples=1024, default_batch_size=128,
                          default_out):
-    """Adds ``--models --dataset --data-dir --num-examples --batch-size --out --zoo-dir --seed --no-progress
-    --strategy``."""
+    """Adds ``--models --dataset --data-dir --split --num-examples --batch-size --out --zoo-dir --seed
+    --no-progress --strategy``."""
     parser.add_argument("--models", nargs="+", default=list(default_models), metavar="SPEC",
                         help="model specs: zoo recipes, .keras files or PRESET=checkpoint.npz "
                              "(default: %(default)s)")
     parser.add_argument("--dataset", default=data_lib.DEFAULT_DATASET,
                         help="evaluation dataset: shapes10, digits, image_folder or a tfds name (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir / image folder root")
+    parser.add_argument("--split", default=None,
+                        help="evaluation split (default: 'validation' for imagenet2012, else 'test'; tfds slicing "
+                             "such as 'validation[:10%%]' is allowed)")
     parser.add_argument("--num-examples", type=_positive_int, default=default_num_examples,
-                        help="evaluation examples, a stratified subset of the test split (default: %(default)s)")
+                        help="evaluation examples, a class-balanced (stratified) subset of the evaluation split "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=_batch_size, default=default_batch_size,
                         help="examples per minibatch, >= 4 for unbiased HSIC (default: %(default)s)")
     parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
@@ -68,6 +66,24 @@ def add_seed_replicates_argument(parser, default):
                              "MODEL for more seeds; '--seed-replicates' alone: none; default: %(default)s)")
 
 
+def add_probe_arguments(parser):
+    """Adds the few-shot linear probe options ``--shots --probe-seeds --train-pool --l2-reg --max-feature-gb``
+    (``vitcnn_tf.paper.linear_probes``)."""
+    from vitcnn_tf.analysis import probes
+    from vitcnn_tf.paper import linear_probes
+
+    parser.add_argument("--shots", type=int, default=10, help="training examples per class (default: %(default)s)")
+    parser.add_argument("--probe-seeds", type=int, nargs="+", default=list(range(10)), metavar="SEED",
+                        help="one few-shot draw per seed (default: 0 .. 9)")
+    parser.add_argument("--train-pool", type=int, default=512,
+                        help="stratified train-split examples the few-shot sets are drawn from (default: %(default)s)")
+    parser.add_argument("--l2-reg", type=float, default=probes.DEFAULT_L2_REG,
+                        help="ridge penalty (default: 2**10, big_vision's)")
+    parser.add_argument("--max-feature-gb", type=float, default=linear_probes.DEFAULT_MAX_FEATURE_BYTES / 2**30,
+                        help="GiB of train and test probe features held at once; layers are extracted in chunks "
+                             "that fit (default: %(default)s)")
+
+
 def seed_replicates(options):
     """``{spec of --models: [replicate specs]}`` from ``--seed-replicates`` (models without replicates left out)."""
     replicates = {}
@@ -81,10 +97,12 @@ def seed_replicates(options):
 
 
 def model_specs(options):
-    """Every model spec ``options`` uses: ``--models`` then the replicates of ``--seed-replicates``."""
+    """Every model spec ``options`` uses: ``--models``, the replicates of ``--seed-replicates``, then
+    ``--little-data-models``."""
     specs = list(getattr(options, "models", []))
-    for replicates in seed_replicates(options).values():
-        specs += [spec for spec in replicates if spec not in specs]
+    extra = [spec for replicates in seed_replicates(options).values() for spec in replicates]
+    extra += list(getattr(options, "little_data_models", None) or [])
+    specs += [spec for spec in dict.fromkeys(extra) if spec not in specs]
     return specs
 
 
@@ -119,50 +137,56 @@ def new_parser(module_doc, prog):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def load_model(spec, options):
-    """The ``keras.Model`` named by ``spec`` (see the module docstring)."""
-    if "=" in spec and spec.rsplit("=", 1)[1].endswith(".npz"):
-        return _model_from_checkpoint(*spec.rsplit("=", 1))
-    if spec.endswith(".keras"):
-        import keras
+def load_models(specs, options):
+    """``{label: keras.Model}`` for the model specs, in order (``vitcnn_tf.model_specs.load_models``), with the zoo
+    folder, data folder and progress of ``options``."""
+    return model_spec_lib.load_models(specs, zoo_dir=options.zoo_dir, data_dir=getattr(options, "data_dir", None),
+                                      verbose="auto" if getattr(options, "progress", True) else 0)
 
-        import vitcnn_tf.models  # noqa: F401  (registers the custom layers for deserialisation)
 
-        if not os.path.exists(spec):
-            raise FileNotFoundError(f"--models: no Keras model file {spec!r}")
-        return keras.saving.load_model(spec)
+def zoo_test_accuracy(spec, options):
+    """The test accuracy in the zoo record of recipe ``spec`` (full test split), or None for other specs."""
     from vitcnn_tf import zoo
 
     if spec not in zoo.RECIPES:
-        raise ValueError(f"--models: {spec!r} is not a zoo recipe ({', '.join(zoo.RECIPES)}), a .keras file or "
-                         "PRESET=checkpoint.npz")
-    return zoo.get_model(spec, options.zoo_dir, data_dir=options.data_dir,
-                         verbose="auto" if getattr(options, "progress", True) else 0)
+        return None
+    record = zoo.cached_record(spec, options.zoo_dir)
+    return None if record is None else record.get("test_accuracy")
 
 
-def image_size(model):
-    """Input side length of an image model with input ``[n, S, S, C]``."""
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None:
-        raise ValueError(f"model {model.name!r}: expected a square image input [n, S, S, C], got {shape}")
-    return int(shape[1])
+def image_size(models):
+    """The input side ``S`` shared by ``models`` (``{label: model}`` with inputs ``[n, S, S, C]``;
+    ``vitcnn_tf.paper.common.shared_image_size``): an error names the labels and sizes."""
+    from vitcnn_tf.paper import common as paper_common
+
+    return paper_common.shared_image_size(models)
 
 
-def evaluation_data(options, size, *, split="test", num_examples=None, shuffle_seed=None):
-    """Batches ``(images [b, size, size, 3], labels [b])`` of a stratified subset of ``split``.
+def evaluation_split(options):
+    """The split the experiments evaluate on: ``--split``, else the dataset's labelled held-out split
+    (:func:`vitcnn_tf.data.evaluation_split`: ``validation`` for imagenet2012, else ``test``)."""
+    return getattr(options, "split", None) or data_lib.evaluation_split(options.dataset)
 
-    Full batches only (``drop_remainder``), so every minibatch has ``--batch-size`` examples; ``shuffle_seed``
+
+def evaluation_data(options, size, *, split=None, num_examples=None, shuffle_seed=None, full_batches=True):
+    """Batches ``(images [b, size, size, 3], labels [b])`` of a class-balanced (stratified) subset of ``split``
+    (default :func:`evaluation_split`), whose labels are checked first (an unlabelled split is an error naming it).
+
+    With ``full_batches`` (for minibatch CKA and its resampling) a last partial batch is dropped, so every minibatch
+    has ``--batch-size`` examples; without it (a probe's training pool) every example is kept. ``shuffle_seed``
     reshuffles the order (for Nguyen et al.'s repeated shuffled passes), None keeps the stored order.
     """
+    split = evaluation_split(options) if split is None else split
     num_examples = options.num_examples if num_examples is None else num_examples
-    if num_examples < options.batch_size:
+    if full_batches and num_examples < options.batch_size:
         raise ValueError(f"--num-examples={num_examples} is smaller than --batch-size={options.batch_size}: "
                          "no full minibatch")
-    split_size = data_lib.dataset_info(options.dataset, data_dir=options.data_dir).splits[split]
+    data_lib.check_split(options.dataset, split, data_dir=options.data_dir)
+    split_size = data_lib.split_size(options.dataset, split, data_dir=options.data_dir)
     subset = dict(num_examples=num_examples) if num_examples < split_size else {}
     return data_lib.load_dataset(options.dataset, split, batch_size=options.batch_size, image_size=size,
                                  seed=0 if shuffle_seed is None else shuffle_seed, shuffle=shuffle_seed is not None,
-                                 subset_seed=options.seed, data_dir=options.data_dir, drop_remainder=True, **subset)
+                                 subset_seed=options.seed, data_dir=options.data_dir, drop_remainder=full_batches, **subset)
 
 
 def main(module, argv=None):
@@ -176,67 +200,34 @@ def main(module, argv=None):
     return 0
 
 
-def json_safe(value, path="$"):
-    """``(value with NaN / inf floats replaced by None, [JSON paths of the replaced numbers])``; NumPy scalars
-    and arrays become Python numbers and lists."""
-    if isinstance(value, dict):
-        cleaned, paths = {}, []
-        for key, item in value.items():
-            cleaned[str(key)], sub_paths = json_safe(item, f"{path}.{key}")
-            paths += sub_paths
-        return cleaned, paths
-    if isinstance(value, (list, tuple)):
-        cleaned, paths = [], []
-        for index, item in enumerate(value):
-            item, sub_paths = json_safe(item, f"{path}[{index}]")
-            cleaned.append(item)
-            paths += sub_paths
-        return cleaned, paths
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist(), path)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, [path]
-    return value, []
-
-
 def write_summary(options, summary):
-    """Write ``summary`` as ``<out>/summary.json`` (atomically, valid JSON: see ``json_safe``) and return the
-    JSON-safe dict (with ``non_finite_note`` / ``non_finite_paths`` when numbers were replaced)."""
-    cleaned, paths = json_safe(summary)
-    if paths:
-        cleaned["non_finite_note"] = NON_FINITE_NOTE
-        cleaned["non_finite_paths"] = paths
-    atomic_io.write_json(os.path.join(options.out, SUMMARY_FILE), cleaned)
-    return cleaned
+    """Write ``summary`` as ``<out>/summary.json`` (atomically, valid JSON: ``vitcnn_tf.atomic_io.write_json``
+    notes replaced non-finite numbers) and return the JSON-safe dict that was written."""
+    return atomic_io.write_json(os.path.join(options.out, SUMMARY_FILE), summary)
 
 
-def _model_from_checkpoint(preset_spec, path):
-    from vitcnn_tf import models
+def write_result(options, result, *, models=None, started=None, dpi=120):
+    """Write a :class:`vitcnn_tf.paper.result.SectionResult` into ``options.out``, atomically: one ``<stem>.npz``
+    per array group, one ``<stem>.json`` per table, every figure as drawn, and ``summary.json`` last (see
+    :func:`write_summary`); returns the JSON-safe summary.
 
-    preset, _, override_text = preset_spec.partition(":")
-    overrides = {}
-    for item in filter(None, override_text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--models: override {item!r} in {preset_spec!r} must be key=value")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    from vitcnn_tf.models import mixer, resnet_v2, vit
+    ``models`` (``{label: model spec}``) is recorded first in the summary, and the seconds since ``started`` (a
+    ``time.perf_counter()`` value, rounded to 0.1 s) last."""
+    import matplotlib.pyplot as plt
 
-    families = ((vit.VIT_PRESETS, models.ViTConfig, models.ViT),
-                (resnet_v2.RESNET_V2_PRESETS, models.ResNetV2Config, models.ResNetV2),
-                (mixer.MIXER_PRESETS, models.MixerConfig, models.Mixer))
-    for presets, config_class, model_class in families:
-        if preset in presets:
-            model = model_class(config_class.from_name(preset, **overrides))
-            models.load_npz(model, path)
-            return model
-    known = [name for presets, _, _ in families for name in presets]
-    raise ValueError(f"--models: {preset!r} is not a model preset; known: {', '.join(known)}")
+    if models is not None:
+        result.summary = {"models": dict(models), **result.summary}
+    if started is not None:
+        result.summary["seconds"] = round(time.perf_counter() - started, 1)
+    for stem, arrays in result.arrays.items():
+        atomic_io.save_npz(os.path.join(options.out, f"{stem}.npz"), **arrays)
+    for stem, table in result.tables.items():
+        atomic_io.write_json(os.path.join(options.out, f"{stem}.json"), json_safe(table)[0])
+    for figure_spec in result.figures:
+        figure = figure_spec.draw()
+        atomic_io.save_figure(figure, os.path.join(options.out, figure_spec.file), dpi=dpi)
+        plt.close(figure)
+    return write_summary(options, result.to_summary())
 
 
 def _positive_int(text):

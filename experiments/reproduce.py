@@ -2,7 +2,9 @@
 
     python -m experiments.reproduce                         # CPU preset: the embedded zoo, offline, < 30 min
     python -m experiments.reproduce --only sec4,sec6        # a subset of the stages (prefixes of stage names)
-    python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset imagenet2012 --data-dir ~/tfds
+    python -m experiments.reproduce --preset paper --checkpoints ckpt/ --data-dir ~/tensorflow_datasets
+    python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset image_folder --data-dir imgs/ \
+        --num-examples 64 --num-examples sec5_receptive=8 --model gap_vit=ViT-B/16:classifier=gap=gap.npz
 
 The work: the zoo models the stages use that are not cached yet (CPU preset only; each cached under
 ``--zoo-dir`` as ``python -m experiments.train`` does), and one stage per experiment module
@@ -15,85 +17,206 @@ checkpoint hashes), the dataset, and its code (the stage module, the ``experimen
 ``vitcnn_tf`` package). A stage whose ``stage.json`` fingerprint matches is not run again, so an interrupted run
 resumes where it stopped and a changed setting reruns exactly the stages it affects.
 
-Outputs: every stage's data files and figures, ``findings.json``, ``report.md`` and a self-contained
-``report.html`` (figures embedded) with one section per paper section and the findings table: for each finding
-the measured quantity, its value with a bootstrap 95% interval, and the verdict holds / does not hold /
-inconclusive.
+``--preset paper`` runs the paper's figures on the published checkpoints of ``CHECKPOINTS`` (expected in
+``--checkpoints``, nothing is downloaded), at their 224 px, on tfds ``imagenet2012`` split ``validation`` by
+default, with the paper's example counts (``PAPER_STAGES``). Before any work it checks the dataset (split
+present, every label a class index) and every checkpoint (each array's shape against the model's), then prints
+which figures run and which are skipped, and why: a missing file skips only the figures that need it; a wrong
+file under a right name is an error naming the file, the key and both shapes. ``--model NAME=SPEC`` replaces a
+checkpoint of the table (``SPEC`` = ``PRESET[:key=value,...]=file.npz``); ``--model gap_vit=SPEC`` adds the
+optional GAP ViT of Figures 10 and 11.
 
-``--preset paper`` names the paper's models (ViT-B/16, ViT-L/16, BiT-R50x1, Mixer-B/16, ImageNet-21k
-pre-training) and expects their published ``.npz`` files in ``--checkpoints`` (nothing is downloaded); stages that
-need models without public checkpoints (no-skip ViTs, data fractions) are skipped and say so in the report.
-``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation under that
-``tf.distribute`` strategy.
+Outputs: every stage's data files and figures, ``findings.json``, ``report.md`` and a self-contained
+``report.html`` (:mod:`vitcnn_tf.report`): a summary header (verdict counts, models with their sha256, dataset,
+split, example counts, hardware, time), the paper's claims beside our verdicts, and the figures in the paper's
+order with captions. ``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation
+under that ``tf.distribute`` strategy.
 """
 
-import argparse
 import ast
-import base64
 import dataclasses
+import functools
 import hashlib
-import html
 import importlib
 import importlib.util
 import json
 import os
+import platform
 import sys
 import time
 import traceback
+import zipfile
+
+import numpy as np
 
 from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
+from vitcnn_tf import model_specs  # noqa: E402
+from vitcnn_tf import report as report_lib  # noqa: E402
 from vitcnn_tf import training  # noqa: E402
 
 STAGE_FILE = "stage.json"
 _NOT_AFFECTING_RESULTS = ("out", "progress")  # options left out of a stage's fingerprint
 STAGE_FORMAT = 1
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIN_BATCH = 4  # unbiased HSIC needs 4 examples per minibatch
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A published checkpoint of the paper preset: ``name`` (its key for ``--model NAME=SPEC``), the release
+    ``file`` expected in ``--checkpoints``, the model ``preset`` and the config ``overrides`` that make the release
+    load (head size, pre-logits), where it is published (``url``) and which paper ``figures`` it feeds."""
+
+    name: str
+    file: str
+    preset: str
+    overrides: str
+    url: str
+    figures: str
+    description: str
+
+    def spec(self, folder):
+        """The model spec ``PRESET[:overrides]=<folder>/<file>``."""
+        preset = f"{self.preset}:{self.overrides}" if self.overrides else self.preset
+        return f"{preset}={os.path.join(folder, self.file)}"
+
+
+_VIT_JAX = "https://storage.googleapis.com/vit_models"
+CHECKPOINTS = (
+    Checkpoint("vit_b16", "ViT-B_16.npz", "ViT-B/16", "representation_size=768,num_classes=21843",
+               f"{_VIT_JAX}/imagenet21k/ViT-B_16.npz", "1, 2, 5, 6, 7, 9, 11",
+               "ViT-B/16 pre-trained on ImageNet-21k (CLS token, 768-d pre-logits, 21,843 classes)"),
+    Checkpoint("vit_l16", "ViT-L_16.npz", "ViT-L/16", "representation_size=1024,num_classes=21843",
+               f"{_VIT_JAX}/imagenet21k/ViT-L_16.npz", "1, 2",
+               "ViT-L/16 pre-trained on ImageNet-21k (CLS token, 1024-d pre-logits, 21,843 classes)"),
+    Checkpoint("bit_r50", "BiT-M-R50x1.npz", "BiT-R50x1", "num_classes=21843",
+               "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz", "1, 2, 5, 6, 7, 9, 11",
+               "BiT-M ResNet50x1 pre-trained on ImageNet-21k (21,843 classes)"),
+    Checkpoint("mixer_b16", "Mixer-B_16.npz", "Mixer-B/16", "num_classes=21843",
+               "https://storage.googleapis.com/mixer_models/imagenet21k/Mixer-B_16.npz", "1, 2 (Section H)",
+               "MLP-Mixer B/16 pre-trained on ImageNet-21k (21,843 classes)"),
+    Checkpoint("augreg_b16_i1k", "B_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0.npz", "ViT-B/16",
+               "num_classes=1000", f"{_VIT_JAX}/augreg/B_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0.npz",
+               "4, 12, 13", "AugReg ViT-B/16 pre-trained on ImageNet-1k only (1,000 classes, no pre-logits)"),
+    Checkpoint("augreg_b16_i21k", "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz", "ViT-B/16",
+               "num_classes=21843",
+               f"{_VIT_JAX}/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz", "3, 4, 12, 13",
+               "AugReg ViT-B/16 pre-trained on ImageNet-21k (21,843 classes, no pre-logits)"),
+    Checkpoint("augreg_l16_i1k", "L_16-i1k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz", "ViT-L/16",
+               "num_classes=1000", f"{_VIT_JAX}/augreg/L_16-i1k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz",
+               "4", "AugReg ViT-L/16 pre-trained on ImageNet-1k only (1,000 classes, no pre-logits)"),
+    Checkpoint("augreg_l16_i21k", "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz", "ViT-L/16",
+               "num_classes=21843",
+               f"{_VIT_JAX}/augreg/L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz", "3, 4",
+               "AugReg ViT-L/16 pre-trained on ImageNet-21k, the same recipe as its ImageNet-1k twin"),
+)
+OPTIONAL_MODELS = {"gap_vit": "a ViT trained with global average pooling (no public release in the .npz format; "
+                              "give one with --model gap_vit=PRESET:classifier=gap,...=file.npz)"}
+IMAGENET1K_FRACTION = 0.09  # ImageNet-1k's 1.28M training images are 9% of ImageNet-21k's 14.2M
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperStage:
+    """How ``--preset paper`` runs a stage.
+
+    Attributes:
+      models: checkpoint names (``CHECKPOINTS`` or ``OPTIONAL_MODELS``) passed as ``--models``, in order.
+      optional: those of ``models`` the stage runs without (it loses only their figures).
+      figures: ``(paper figure, checkpoint names it needs)`` pairs, in the paper's order.
+      num_examples: the paper's example count (None: the paper gives none; the stage's default is used).
+      batch_size: a minibatch that fits the paper's models on a 16 GB GPU.
+      min_batches: minibatches the stage needs (2 where intervals resample minibatches).
+      twins: ``(option, names)``: the ``i``-th name is the twin of the ``i``-th of ``models`` (e.g. a little-data
+        model); passed only when every model given has its twin (else the twins' figures are skipped).
+      extra: further ``(option, value...)`` argv, passed when the stage's parser has the option.
+      source: the paper's passage behind ``num_examples``.
+    """
+
+    models: tuple
+    figures: tuple
+    batch_size: int
+    num_examples: int | None = None
+    optional: tuple = ()
+    min_batches: int = 1
+    twins: tuple = ()
+    extra: tuple = ()
+    source: str = "not stated in the paper; the stage's default"
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One experiment module run as a stage; ``paper_models`` None means: not available with public checkpoints."""
+    """One experiment module run as a stage; ``paper`` None means: not available with public checkpoints
+    (``paper_skip`` says why)."""
 
     name: str
     section: str
     title: str
-    paper_models: tuple | None
+    paper: PaperStage | None
     module: str = ""  # the module with build_parser() / run(options); default experiments.<name>
     expected_seconds: float = 60.0  # single-threaded run time on the CPU zoo, to schedule long stages first
+    paper_skip: str = ""
 
     def load(self):
         return importlib.import_module(self.module or f"experiments.{self.name}")
 
 
-# Paper-preset model specs: PRESET[:overrides]=<checkpoint file name>, the file looked up in --checkpoints.
-_VIT_B16 = "ViT-B/16:representation_size=768,num_classes=21843=ViT-B_16.npz"
-_VIT_L16 = "ViT-L/16:representation_size=1024,num_classes=21843=ViT-L_16.npz"
-_BIT_R50 = "BiT-R50x1:num_classes=21843=BiT-M-R50x1.npz"
-_MIXER_B16 = "Mixer-B/16:num_classes=21843=Mixer-B_16.npz"
-
+_CLS_GAP = ("vit_b16", "bit_r50", "gap_vit")
 STAGES = (
     Stage("sec4_representation_structure", "4", "Representation structure (Figures 1, 2)",
-          (_VIT_B16, _VIT_L16, _BIT_R50, _MIXER_B16), expected_seconds=50),
-    Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)", None, expected_seconds=30),
-    Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)", (_VIT_B16, _BIT_R50),
-          expected_seconds=55),
-    Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)", (_VIT_B16, _BIT_R50),
-          expected_seconds=115),
-    Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)", None, expected_seconds=65),
-    Stage("sec7_localization", "7", "Localization (Figures 9, 10)", None, expected_seconds=45),
-    Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)", None, expected_seconds=45),
-    Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)", None, expected_seconds=185),
+          PaperStage(("vit_b16", "vit_l16", "bit_r50", "mixer_b16"), optional=("vit_l16", "mixer_b16"),
+                     figures=(("1", ("vit_b16", "bit_r50")), ("2", ("vit_b16", "bit_r50")),
+                              ("2 (ViT-L/16)", ("vit_l16",)), ("H", ("mixer_b16",))),
+                     batch_size=32, min_batches=2, extra=(("--taps", "blocks"),)), expected_seconds=50),
+    Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)",
+          PaperStage(("augreg_b16_i21k", "augreg_l16_i21k"), optional=("augreg_l16_i21k",),
+                     twins=("--little-data-models", ("augreg_b16_i1k", "augreg_l16_i1k")),
+                     figures=(("3", ("augreg_b16_i21k",)), ("3 (ViT-L/16)", ("augreg_l16_i21k",)),
+                              ("4", ("augreg_b16_i1k", "augreg_l16_i1k"))),
+                     batch_size=64, num_examples=5000,
+                     source="Section 5: 'we weight the pixel distances by the attention weights ... and average "
+                            "over 5000 datapoints'"), expected_seconds=30),
+    Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)",
+          PaperStage(("vit_b16", "bit_r50"), figures=(("5", ("vit_b16", "bit_r50")),), batch_size=32,
+                     min_batches=2), expected_seconds=55),
+    Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)",
+          PaperStage(("vit_b16", "bit_r50"), figures=(("6", ("vit_b16", "bit_r50")), ("C", ("vit_b16",))),
+                     batch_size=32, num_examples=32,
+                     source="Figure 6: 'Results are averaged across all channels in each map for 32 "
+                            "randomly-selected images'"), expected_seconds=115),
+    Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)",
+          PaperStage(("vit_b16", "bit_r50"), figures=(("7", ("vit_b16", "bit_r50")),), batch_size=32),
+          expected_seconds=65),
+    Stage("sec7_localization", "7", "Localization (Figures 9, 10)",
+          PaperStage(_CLS_GAP, optional=("gap_vit",), figures=(("9", ("vit_b16", "bit_r50")), ("10", ("gap_vit",))),
+                     batch_size=32), expected_seconds=45),
+    Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)",
+          PaperStage(_CLS_GAP, optional=("gap_vit",),
+                     figures=(("11", ("vit_b16", "bit_r50")), ("11 (GAP ViT)", ("gap_vit",))), batch_size=64,
+                     extra=(("--shots", "10"),),
+                     source="Figure 11: 'linear classifiers on 10-shot ImageNet classification' (10 per class)"),
+          expected_seconds=45),
+    Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)",
+          PaperStage(("augreg_b16_i1k", "augreg_b16_i21k"),
+                     figures=(("12", ("augreg_b16_i1k", "augreg_b16_i21k")),
+                              ("13", ("augreg_b16_i1k", "augreg_b16_i21k"))),
+                     batch_size=32, min_batches=2,
+                     extra=(("--fractions", str(IMAGENET1K_FRACTION), "1"),
+                            ("--data-names", "ImageNet-1k", "ImageNet-21k"), ("--shots", "10"))),
+          expected_seconds=185),
 )
-SECTION_TITLES = {
-    "4": "Section 4: Representation structure of ViTs and convolutional networks",
-    "5": "Section 5: Local and global information in layer representations",
-    "6": "Section 6: Representation propagation through skip connections",
-    "7": "Section 7: Spatial information and localization",
-    "8": "Section 8: Effects of scale on transfer learning",
-}
+PAPER_SKIPPED_FIGURES = (
+    ("8", "needs ViTs trained without the skip connections of one block; no such checkpoints are published, so "
+          "it runs on the CPU preset's zoo only"),
+    ("12-13 on JFT-300M", "JFT-300M and models trained on its fractions are not public; the preset compares the "
+                          "ImageNet-1k AugReg ViT-B/16 with its ImageNet-21k twin instead"),
+)
 PRESETS = ("cpu", "paper")
+
+
+class UserError(ValueError):
+    """A bad option or input file: reported as one line naming the option, without a traceback."""
 
 
 def build_parser():
@@ -102,15 +225,25 @@ def build_parser():
                         help="comma-separated stages to run (prefixes allowed, e.g. sec5,sec7_loc); default all")
     parser.add_argument("--out", default=os.path.join("results", "reproduce"),
                         help="output folder (default: %(default)s)")
-    parser.add_argument("--dataset", default=None, help="evaluation dataset (default: shapes10; paper: imagenet2012)")
-    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir / image folder root")
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: the embedded zoo (default); paper: "
                         "the paper's models from --checkpoints")
+    parser.add_argument("--dataset", default=None, help="evaluation dataset (default: shapes10; paper: imagenet2012)")
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir / image folder root")
+    parser.add_argument("--split", default=None,
+                        help="evaluation split (default: 'validation' for imagenet2012, else 'test')")
     parser.add_argument("--checkpoints", default=None, help="folder of the published .npz files (--preset paper)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                        help="--preset paper: use SPEC (PRESET[:key=value,...]=file.npz) for checkpoint NAME of the "
+                             "table, or add the optional gap_vit (repeatable)")
+    parser.add_argument("--num-examples", action="append", default=[], metavar="N|STAGE=N",
+                        help="examples of every stage (N) or of one stage (STAGE=N, STAGE a stage name or prefix); "
+                             "repeatable; default: the paper's counts (--preset paper) or each stage's default")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="minibatch of every stage (default: the stage's, or one that fits the paper's models "
+                             "on a 16 GB GPU with --preset paper); shrunk to fit a smaller --num-examples")
     parser.add_argument("--zoo-dir", default=common.DEFAULT_ZOO_DIR, help="cache of the CPU zoo (default: %(default)s)")
     parser.add_argument("--strategy", choices=common.STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
-    parser.add_argument("--num-examples", type=int, default=None, help="override every stage's example count")
     parser.add_argument("--jobs", type=int, default=None,
                         help="worker processes running zoo trainings and stages at once, one thread each (default: "
                              "one per CPU with --preset cpu and no --strategy, else 1: in this process)")
@@ -131,25 +264,268 @@ def selected_stages(only):
     return [stage for stage in STAGES if stage.name in chosen]
 
 
-def stage_argv(stage, args):
-    """The experiment module's command line for ``stage`` under the reproduce ``args`` (None: stage skipped)."""
-    argv = ["--out", os.path.join(args.out, stage.name), "--zoo-dir", args.zoo_dir]
-    dataset = args.dataset or ("imagenet2012" if args.preset == "paper" else None)
-    if dataset:
-        argv += ["--dataset", dataset]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
-    if args.num_examples:
-        argv += ["--num-examples", str(args.num_examples)]
-    if not args.progress:
-        argv.append("--no-progress")
-    if args.strategy != "none":
-        argv += ["--strategy", args.strategy]
+@dataclasses.dataclass
+class StagePlan:
+    """What the run will do with a stage: ``argv`` its command line (None: skipped, ``reason`` says why),
+    ``num_examples`` (None: the stage's default) and ``lost`` ``(figure, reason)`` of figures it will not draw."""
+
+    stage: Stage
+    argv: list | None
+    num_examples: int | None = None
+    reason: str = ""
+    lost: tuple = ()
+    figures: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """The checked inputs of a run: dataset, split, its class count, and for the paper preset ``models``
+    ``{checkpoint name: spec}`` (found files only) and ``missing`` ``{name: reason}``."""
+
+    dataset: str
+    split: str
+    num_classes: int
+    models: dict
+    missing: dict
+
+
+def check_inputs(args, stages):
+    """Checks the dataset (it exists, has the split, every label is a class index) and, for ``--preset paper``,
+    every checkpoint the stages need (present; each array's shape matches the model); returns a :class:`RunSetup`.
+    Raises :class:`UserError` (one line per problem, naming the option or the file, key and shapes)."""
+    from vitcnn_tf import data as data_lib
+
+    dataset = args.dataset or ("imagenet2012" if args.preset == "paper" else data_lib.DEFAULT_DATASET)
+    split = args.split or data_lib.evaluation_split(dataset)
+    try:
+        info = data_lib.check_split(dataset, split, data_dir=args.data_dir)
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(f"--dataset {dataset} --split {split} (--data-dir {args.data_dir}): {error}") from None
+    models, missing = {}, {}
     if args.preset == "paper":
-        if stage.paper_models is None:
-            return None
-        argv += ["--models", *(_checkpoint_spec(spec, args.checkpoints) for spec in stage.paper_models)]
-    return argv
+        models, missing = resolve_checkpoints(args)
+        needed = {name for stage in stages if stage.paper for name in stage.paper.models}
+        problems = []
+        for name in sorted(needed & set(models)):
+            found = check_checkpoint(models[name])
+            problems += found[:3] + ([f"... and {len(found) - 3} more problems in this file"] if len(found) > 3 else [])
+        if problems:
+            raise UserError("--checkpoints: " + "; ".join(problems))
+    return RunSetup(dataset, split, int(info.num_classes), models, missing)
+
+
+def resolve_checkpoints(args):
+    """``({name: model spec}, {name: why it is missing})`` for every checkpoint of ``CHECKPOINTS`` and
+    ``OPTIONAL_MODELS``: ``--model NAME=SPEC`` first, else the table's file in ``--checkpoints``."""
+    table = {checkpoint.name: checkpoint for checkpoint in CHECKPOINTS}
+    given = {}
+    for entry in args.model:
+        name, separator, spec = entry.partition("=")
+        if not separator or not spec:
+            raise UserError(f"--model: expected NAME=SPEC, got {entry!r}")
+        if name not in table and name not in OPTIONAL_MODELS:
+            raise UserError(f"--model: {name!r} is not a checkpoint of the paper preset; names: "
+                            f"{', '.join([*table, *OPTIONAL_MODELS])}")
+        given[name] = spec
+    models, missing = {}, {}
+    for name in [*table, *OPTIONAL_MODELS]:
+        if name in given:
+            path = _spec_file(given[name])
+            if path is not None and not os.path.isfile(path):
+                raise UserError(f"--model {name}: no file {path!r}")
+            models[name] = given[name]
+        elif name in table:
+            spec = table[name].spec(args.checkpoints)
+            if os.path.isfile(_spec_file(spec)):
+                models[name] = spec
+            else:
+                missing[name] = f"{table[name].file} is not in --checkpoints {args.checkpoints} (from {table[name].url})"
+        else:
+            missing[name] = f"no {name} given: {OPTIONAL_MODELS[name]}"
+    return models, missing
+
+
+def check_checkpoint(spec):
+    """Problems (strings naming the file, the key and both shapes) of the ``.npz`` of ``spec``
+    (``PRESET[:overrides]=file.npz``) against the model it names; [] when it loads. Other specs (zoo recipes,
+    ``.keras`` files) are checked when the stage loads them.
+
+    The model is built under ``keras.StatelessScope(initialize_variables=False)``: its variables get shapes but no
+    memory, and the file's array headers are read without their data, so a ViT-L/16 costs nothing to check. The
+    position embedding may differ in its token count (it is resampled to the model's grid on loading).
+    """
+    try:
+        parsed = model_specs.parse_model_spec(spec)
+    except ValueError as error:
+        return [str(error)]
+    if parsed.kind != "checkpoint":
+        return []
+    import keras
+
+    from vitcnn_tf.models import registry
+
+    path, preset = parsed.path, parsed.preset
+    try:
+        family = registry.family_of_preset(preset)
+        with keras.StatelessScope(initialize_variables=False):
+            model = family.model_class(family.config_class.from_name(preset, **parsed.overrides))
+            expected = {key: tuple(variable.shape) for key, variable in model.checkpoint_variables().items()}
+    except (ValueError, TypeError) as error:
+        return [f"{path}: cannot build the model {spec.rsplit('=', 1)[0]!r}: {error}"]
+    try:
+        found = npz_shapes(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        return [f"{path}: not a readable .npz archive ({error})"]
+    problems = [f"{path}: key {key!r} is missing (the model {preset} expects shape {expected[key]})"
+                for key in sorted(set(expected) - set(found))]
+    problems += [f"{path}: key {key!r} {found[key]} is not in the model {preset}"
+                 for key in sorted(set(found) - set(expected))]
+    for key in sorted(set(expected) & set(found)):
+        want, have = expected[key], found[key]
+        resampled = key.endswith("pos_embedding") and len(want) == len(have) == 3 and want[::2] == have[::2]
+        if want != have and not resampled:
+            problems.append(f"{path}: key {key!r} has shape {have}, the model {preset} expects {want}")
+    return problems
+
+
+def npz_shapes(path):
+    """``{key: shape}`` of the arrays of an ``.npz`` file, read from the array headers without their data."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shapes[name[:-4]] = tuple(read_header(handle)[0])
+    return shapes
+
+
+def parse_num_examples(entries, stages):
+    """``(count for every stage or None, {stage name: count})`` from ``--num-examples`` entries ``N`` /
+    ``STAGE=N`` (STAGE a stage name or unique prefix)."""
+    everywhere, per_stage = None, {}
+    for entry in entries:
+        target, separator, text = entry.rpartition("=")
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise UserError(f"--num-examples: expected a positive integer N or STAGE=N, got {entry!r}")
+        if not separator:
+            everywhere = count
+            continue
+        matches = [stage.name for stage in STAGES if stage.name.startswith(target)]
+        if len(matches) != 1:
+            raise UserError(f"--num-examples: {target!r} must name one stage (a name or unique prefix of "
+                            f"{', '.join(stage.name for stage in STAGES)})")
+        per_stage[matches[0]] = count
+    return everywhere, per_stage
+
+
+def plan_stages(args, stages, setup):
+    """One :class:`StagePlan` per stage: its command line (or why it is skipped), example count and minibatch."""
+    everywhere, per_stage = parse_num_examples(args.num_examples, stages)
+    if args.batch_size is not None and args.batch_size < MIN_BATCH:
+        raise UserError(f"--batch-size: expected at least {MIN_BATCH} (unbiased HSIC), got {args.batch_size}")
+    plans = []
+    for stage in stages:
+        paper = stage.paper if args.preset == "paper" else None
+        if args.preset == "paper" and paper is None:
+            plans.append(StagePlan(stage, None, reason=stage.paper_skip or "no public checkpoints for its models"))
+            continue
+        module = stage.load()
+        parser = module.build_parser()
+        defaults = parser.parse_args([])
+        argv = ["--out", os.path.join(args.out, stage.name), "--zoo-dir", args.zoo_dir, "--dataset", setup.dataset,
+                "--split", setup.split]
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        if not args.progress:
+            argv.append("--no-progress")
+        if args.strategy != "none":
+            argv += ["--strategy", args.strategy]
+        lost, figures = (), ()
+        if paper is not None:
+            absent = [name for name in paper.models if name not in setup.models]
+            required = [name for name in absent if name not in paper.optional]
+            if required:
+                plans.append(StagePlan(stage, None, reason="missing " + "; ".join(
+                    f"{name}: {setup.missing[name]}" for name in required)))
+                continue
+            lost = tuple((figure, f"needs {', '.join(needs)}: " + "; ".join(setup.missing[n] for n in needs
+                                                                            if n in absent))
+                         for figure, needs in paper.figures if set(needs) & set(absent))
+            figures = tuple(figure for figure, needs in paper.figures if not set(needs) & set(absent))
+            given = [name for name in paper.models if name in setup.models]
+            argv += ["--models", *(setup.models[name] for name in given)]
+            if paper.twins:
+                option, twin_names = paper.twins
+                twins = dict(zip(paper.models, twin_names))
+                if option in parser._option_string_actions and all(twins[name] in setup.models for name in given):
+                    argv += [option, *(setup.models[twins[name]] for name in given)]
+                else:
+                    why = (f"the stage has no {option} option" if option not in parser._option_string_actions
+                           else "; ".join(f"{name} has no twin: {setup.missing[twins[name]]}" for name in given
+                                          if twins[name] not in setup.models))
+                    twin_figures = [(figure, needs) for figure, needs in paper.figures if set(needs) & set(twin_names)]
+                    lost += tuple((figure, why) for figure, _ in twin_figures if figure in figures)
+                    figures = tuple(figure for figure in figures if figure not in dict(twin_figures))
+            for option, *values in paper.extra:
+                if option in parser._option_string_actions:
+                    argv += [option, *values]
+            if "--train-pool" in parser._option_string_actions and "--shots" in parser._option_string_actions:
+                argv += ["--train-pool", str(_probe_pool(args, setup, int(dict(
+                    (option, values) for option, *values in paper.extra).get("--shots", ["10"])[0])))]
+        count = per_stage.get(stage.name, everywhere)
+        if count is None and paper is not None:
+            count = paper.num_examples
+        batch = args.batch_size or (paper.batch_size if paper is not None else None)
+        effective_count = count if count is not None else defaults.num_examples
+        min_batches = stage.paper.min_batches if stage.paper is not None else 1
+        fitted = min(batch or defaults.batch_size, effective_count // min_batches)
+        if fitted < MIN_BATCH:
+            raise UserError(f"--num-examples: stage {stage.name} needs at least {MIN_BATCH * min_batches} examples "
+                            f"({min_batches} minibatch(es) of >= {MIN_BATCH}), got {effective_count}")
+        if count is not None:
+            argv += ["--num-examples", str(count)]
+        if fitted != defaults.batch_size:
+            argv += ["--batch-size", str(fitted)]
+        plans.append(StagePlan(stage, argv, num_examples=effective_count, lost=lost, figures=figures))
+    return plans
+
+
+def plan_text(args, plans, setup):
+    """The plan printed before any work: which figures run and which are skipped, and why."""
+    lines = [f"dataset {setup.dataset}, split {setup.split}" + (f" in {args.data_dir}" if args.data_dir else "")]
+    for plan in plans:
+        if plan.argv is None:
+            lines.append(f"  skip {plan.stage.name}: {plan.reason}")
+            continue
+        figures = f" (Figures {', '.join(plan.figures)})" if plan.figures else ""
+        lines.append(f"  run  {plan.stage.name}{figures} on {plan.num_examples} examples")
+        lines += [f"       without Figure {figure}: {reason}" for figure, reason in plan.lost]
+    if args.preset == "paper":
+        lines += [f"  Figure {figure} is not run: {reason}" for figure, reason in PAPER_SKIPPED_FIGURES]
+    return "\n".join(lines)
+
+
+def _probe_pool(args, setup, shots):
+    """Training examples the few-shot probes draw from: twice ``shots`` per class (ImageNet's smallest training
+    class, 732 of 1.28M images, still gets more than ``shots`` of a proportional subset), at most the train split."""
+    from vitcnn_tf import data as data_lib
+
+    size = data_lib.split_size(setup.dataset, "train", data_dir=args.data_dir)
+    return min(2 * shots * setup.num_classes, size)
+
+
+def _spec_file(spec):
+    """The ``.npz`` file of a ``PRESET[:overrides]=file.npz`` spec, else None."""
+    head, separator, tail = spec.rpartition("=")
+    return tail if separator and tail.endswith(".npz") else None
 
 
 def stage_fingerprint(module, options):
@@ -157,7 +533,7 @@ def stage_fingerprint(module, options):
     settings = {key: value for key, value in vars(options).items() if key not in _NOT_AFFECTING_RESULTS}
     parts = {"format": STAGE_FORMAT, "module": module.__name__, "options": json.dumps(settings, sort_keys=True,
                                                                                        default=str),
-             "models": [_model_identity(spec, options) for spec in common.model_specs(options)],
+             "models": [_model_identity(spec, options.zoo_dir) for spec in common.model_specs(options)],
              "code": {os.path.relpath(path, _PROJECT_ROOT): training.sha256_file(path)
                       for path in code_files(module.__name__)}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -216,33 +592,33 @@ def finished_summary(stage_dir, fingerprint):
     return record.get("summary")
 
 
-def run_stage(stage, args, log=print):
-    """Runs (or reuses) one stage; returns its record ``{stage, status, seconds, summary}``."""
-    argv = stage_argv(stage, args)
-    if argv is None:
-        return {"stage": stage.name, "status": "skipped (no public checkpoints for its models)", "seconds": 0.0,
-                "summary": {"findings": []}}
+def run_stage(plan, log=print):
+    """Runs (or reuses) one planned stage; returns its record ``{stage, status, seconds, summary, note}``."""
+    stage = plan.stage
+    if plan.argv is None:
+        return {"stage": stage.name, "status": "skipped", "seconds": 0.0, "summary": {"findings": []},
+                "note": plan.reason}
     module = stage.load()
-    options = module.build_parser().parse_args(argv)
+    options = module.build_parser().parse_args(plan.argv)
     fingerprint = stage_fingerprint(module, options)
     summary = finished_summary(options.out, fingerprint)
     if summary is not None:
         log(f"[{stage.name}] up to date, reusing {options.out}")
-        return {"stage": stage.name, "status": "cached", "seconds": 0.0, "summary": summary}
-    log(f"[{stage.name}] running: python -m experiments.{stage.name} {' '.join(argv)}")
+        return {"stage": stage.name, "status": "reused", "seconds": 0.0, "summary": summary, "note": ""}
+    log(f"[{stage.name}] running: python -m {module.__name__} {' '.join(plan.argv)}")
     start = time.perf_counter()
     try:
         summary = module.run(options)
-    except Exception:  # noqa: BLE001 (one failed stage must not lose the others; the traceback is shown)
+    except Exception as error:  # noqa: BLE001 (one failed stage must not lose the others; the traceback is shown)
         traceback.print_exc()
         log(f"[{stage.name}] FAILED; the other stages go on, and a rerun retries this one")
         return {"stage": stage.name, "status": "failed", "seconds": time.perf_counter() - start,
-                "summary": {"findings": []}}
+                "summary": {"findings": []}, "note": f"{type(error).__name__}: {error}"}
     seconds = time.perf_counter() - start
     atomic_io.write_json(os.path.join(options.out, STAGE_FILE),
                          {"fingerprint": fingerprint, "seconds": seconds, "summary": summary})
     log(f"[{stage.name}] done in {seconds:.0f} s")
-    return {"stage": stage.name, "status": "ran", "seconds": seconds, "summary": summary}
+    return {"stage": stage.name, "status": "ran", "seconds": seconds, "summary": summary, "note": ""}
 
 
 def stage_recipes(stage):
@@ -252,14 +628,15 @@ def stage_recipes(stage):
     return [spec for spec in common.model_specs(stage.load().build_parser().parse_args([])) if spec in zoo.RECIPES]
 
 
-def run_pipeline(args, stages, log=print):
-    """Trains the missing zoo models (CPU preset) and runs ``stages`` in ``args.jobs`` worker processes, each stage
-    as soon as its models are ready; returns ``(stage records in pipeline order, zoo rows)``."""
+def run_pipeline(args, plans, log=print):
+    """Trains the missing zoo models (CPU preset) and runs the planned stages in ``args.jobs`` worker processes,
+    each stage as soon as its models are ready; returns ``(stage records in pipeline order, zoo rows)``."""
     from vitcnn_tf import parallel, zoo
 
     workers = args.jobs
     tasks, zoo_rows = [], []
-    recipes_of = {stage.name: stage_recipes(stage) if args.preset == "cpu" else [] for stage in stages}
+    recipes_of = {plan.stage.name: stage_recipes(plan.stage) if args.preset == "cpu" and plan.argv else []
+                  for plan in plans}
     needed = list(dict.fromkeys(recipe for recipes in recipes_of.values() for recipe in recipes))
     if needed:
         verbose = "auto" if workers == 1 and args.progress else 0  # Keras progress bars in this process only
@@ -267,10 +644,9 @@ def run_pipeline(args, stages, log=print):
                                     name=f"zoo/{recipe}")
                   for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
     trainings = {task.name for task in tasks}  # names of the zoo tasks of this run
-    stage_args = args if workers == 1 else argparse.Namespace(**{**vars(args), "progress": False})
-    tasks += [parallel.Task(stage.name, run_stage, (stage, stage_args),
-                            after=tuple(f"zoo/{r}" for r in recipes_of[stage.name] if f"zoo/{r}" in trainings),
-                            cost=stage.expected_seconds) for stage in stages]
+    tasks += [parallel.Task(plan.stage.name, run_stage, (plan,),
+                            after=tuple(f"zoo/{r}" for r in recipes_of[plan.stage.name] if f"zoo/{r}" in trainings),
+                            cost=plan.stage.expected_seconds) for plan in plans]
     start = time.perf_counter()
 
     def started(task):
@@ -288,48 +664,100 @@ def run_pipeline(args, stages, log=print):
         results = failure.results
         for name, text in failure.failures.items():
             log(f"[{name}] FAILED:\n{text}")
-    records = [results.get(stage.name) or {"stage": stage.name, "status": "failed", "seconds": 0.0,
-                                           "summary": {"findings": []}} for stage in stages]
+    records = [results.get(plan.stage.name) or {"stage": plan.stage.name, "status": "failed", "seconds": 0.0,
+                                                "summary": {"findings": []}, "note": "its worker process failed"}
+               for plan in plans]
     for recipe in needed:
         record = zoo.cached_record(recipe, args.zoo_dir)
         if record is not None:
-            zoo_rows.append({"recipe": recipe, "status": "trained" if f"zoo/{recipe}" in results else "cached",
-                             "test_accuracy": record["test_accuracy"], "train_seconds": record["wall_time_seconds"]})
+            zoo_rows.append({"recipe": recipe, "status": "trained" if f"zoo/{recipe}" in results else "loaded",
+                             "test_accuracy": record["test_accuracy"], "train_seconds": record["wall_time_seconds"],
+                             "sha256": record.get("weights_sha256", "")})
     return records, zoo_rows
 
 
-def write_report(out, stage_records, zoo_rows):
-    """Writes ``findings.json``, ``report.md`` and ``report.html`` into ``out``; returns the findings."""
-    found = [findings_lib.Finding.from_dict(item) for record in stage_records
-             for item in record["summary"].get("findings", [])]
-    atomic_io.write_json(os.path.join(out, "findings.json"), [finding.to_dict() for finding in found])
-    markdown = _report_markdown(out, stage_records, zoo_rows, found)
+def build_report(args, setup, plans, records, zoo_rows, seconds):
+    """The :class:`vitcnn_tf.report.Report` of a run from its plans, stage records and zoo rows."""
+    stages = []
+    for plan, record in zip(plans, records):
+        summary = record["summary"]
+        stages.append(report_lib.StageRecord(
+            name=plan.stage.name, section=plan.stage.section, title=plan.stage.title, status=record["status"],
+            seconds=record["seconds"], note=record.get("note", ""),
+            findings=tuple(findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])),
+            figures=_stage_figures(args.out, plan.stage.name, summary),
+            num_examples=summary.get("num_examples", plan.num_examples) if plan.argv else None))
+    if args.preset == "paper":
+        used = dict.fromkeys(name for plan in plans if plan.argv and plan.stage.paper
+                             for name in plan.stage.paper.models if name in setup.models)
+        models = tuple(report_lib.ModelRecord(name, _spec_file(setup.models[name]) or setup.models[name],
+                                              sha256=_file_sha256(_spec_file(setup.models[name]))
+                                              if _spec_file(setup.models[name]) else "")
+                       for name in used)
+    else:
+        models = tuple(report_lib.ModelRecord(row["recipe"], f"zoo recipe {row['recipe']}", sha256=row["sha256"],
+                                              status=row["status"], accuracy=row["test_accuracy"],
+                                              train_seconds=row["train_seconds"]) for row in zoo_rows)
+    skipped = [(figure, reason) for plan in plans for figure, reason in plan.lost]
+    if args.preset == "paper":
+        skipped += list(PAPER_SKIPPED_FIGURES)
+    run = report_lib.RunInfo(preset=args.preset, dataset=setup.dataset, split=setup.split, hardware=hardware(),
+                             seconds=seconds, skipped_figures=tuple(skipped))
+    return report_lib.Report(run=run, stages=tuple(stages), models=models)
+
+
+def write_report(out, report):
+    """Writes ``findings.json``, ``report.md`` and ``report.html`` (figures embedded) into ``out``."""
+    atomic_io.write_json(os.path.join(out, "findings.json"), [finding.to_dict() for finding in report.findings])
     with atomic_io.atomic_open(os.path.join(out, "report.md"), "w") as handle:
-        handle.write(markdown)
+        handle.write(report_lib.render_markdown(report))
     with atomic_io.atomic_open(os.path.join(out, "report.html"), "w") as handle:
-        handle.write(_report_html(out, stage_records, zoo_rows, found))
-    return found
+        handle.write(report_lib.render_html(report, out))
+
+
+def hardware():
+    """``"<CPU model>, <n> CPUs"`` plus the GPUs TensorFlow sees."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} CPUs"
+    import tensorflow as tf
+
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+    return text + (f"; GPUs: {', '.join(gpus)}" if gpus else "; no GPU")
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.jobs is None:
         from vitcnn_tf import parallel
 
         args.jobs = parallel.default_num_workers() if args.preset == "cpu" and args.strategy == "none" else 1
-    if args.preset == "paper" and not args.checkpoints:
-        build_parser().error("--preset paper needs --checkpoints DIR with the published .npz files")
     if args.jobs < 1:
-        build_parser().error(f"--jobs must be >= 1, got {args.jobs}")
-    stages = selected_stages(args.only)
-    if args.preset == "paper":  # every checkpoint file must be there before any work starts
-        for stage in stages:
-            for spec in stage.paper_models or ():
-                _checkpoint_spec(spec, args.checkpoints)
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1:
+        args.progress = False  # progress bars only in this process
+    if args.preset == "paper" and not args.checkpoints:
+        parser.error("--preset paper needs --checkpoints DIR with the published .npz files")
+    if args.preset == "cpu" and args.model:
+        parser.error("--model replaces checkpoints of --preset paper; the CPU preset uses the zoo")
+    try:
+        stages = selected_stages(args.only)
+        setup = check_inputs(args, stages)
+        plans = plan_stages(args, stages, setup)
+    except (UserError, ValueError) as error:
+        parser.error(str(error))
+    print(plan_text(args, plans, setup), flush=True)
     start = time.perf_counter()
-    records, zoo_rows = run_pipeline(args, stages)
-    found = write_report(args.out, records, zoo_rows)
-    print(_one_screen_summary(records, found, time.perf_counter() - start, args.out))
+    records, zoo_rows = run_pipeline(args, plans)
+    report = build_report(args, setup, plans, records, zoo_rows, time.perf_counter() - start)
+    write_report(args.out, report)
+    print(_one_screen_summary(records, report.findings, report.run.seconds, args.out))
     return 1 if any(record["status"] == "failed" for record in records) else 0
 
 
@@ -346,108 +774,45 @@ def _one_screen_summary(records, found, seconds, out):
     return "\n".join(lines)
 
 
-def _report_markdown(out, records, zoo_rows, found):
-    lines = ["# Do Vision Transformers See Like CNNs? Reproduction report", "",
-             "Generated by `python -m experiments.reproduce`. Intervals are bootstrap 95% intervals; a verdict "
-             "*holds* when the whole interval is on the claimed side of the threshold, *does not hold* when it is "
-             "on the other side, else *inconclusive*.", "", "## Findings", "", findings_lib.findings_table(found), ""]
-    if zoo_rows:
-        lines += ["## Models (CPU zoo)", "", "| recipe | test accuracy | train time (s) | status |",
-                  "| --- | ---: | ---: | --- |"]
-        lines += [f"| {r['recipe']} | {r['test_accuracy']:.3f} | {r['train_seconds']:.0f} | {r['status']} |"
-                  for r in zoo_rows]
-        lines.append("")
-    for title, section_records in _sections(records):
-        lines += [f"## {title}", ""]
-        for stage, record in section_records:
-            lines += [f"### {stage.title}", "", f"Stage `{stage.name}`: {record['status']}.", ""]
-            lines += [f"- **{f['key']}** ({findings_lib.Finding.from_dict(f).verdict}): {f['quantity']}"
-                      for f in record["summary"].get("findings", [])]
-            lines.append("")
-            lines += [f"![{name}]({stage.name}/{name})" for name in _figures(out, stage.name)]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _report_html(out, records, zoo_rows, found):
-    def table(markdown_table):
-        rows = [row.strip("|").split(" | ") for row in markdown_table.splitlines() if not row.startswith("| ---")]
-        cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_inline(c.strip())}</{'th' if i == 0 else 'td'}>"
-                                  for c in row) + "</tr>" for i, row in enumerate(rows)]
-        return "<table>" + "".join(cells) + "</table>"
-
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>vitcnn_tf reproduction report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:90%}img{max-width:100%}</style></head><body>",
-             "<h1>Do Vision Transformers See Like CNNs? Reproduction report</h1>",
-             "<p>Intervals are bootstrap 95% intervals; a verdict <em>holds</em> when the whole interval is on the "
-             "claimed side of the threshold, <em>does not hold</em> when it is on the other side, else "
-             "<em>inconclusive</em>.</p><h2>Findings</h2>", table(findings_lib.findings_table(found))]
-    if zoo_rows:
-        parts.append("<h2>Models (CPU zoo)</h2><table><tr><th>recipe</th><th>test accuracy</th><th>train time (s)"
-                     "</th><th>status</th></tr>")
-        parts += [f"<tr><td>{html.escape(r['recipe'])}</td><td>{r['test_accuracy']:.3f}</td>"
-                  f"<td>{r['train_seconds']:.0f}</td><td>{r['status']}</td></tr>" for r in zoo_rows]
-        parts.append("</table>")
-    for title, section_records in _sections(records):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        for stage, record in section_records:
-            parts.append(f"<h3>{html.escape(stage.title)}</h3><p>Stage <code>{stage.name}</code>: "
-                         f"{html.escape(record['status'])}.</p><ul>")
-            parts += [f"<li><b>{html.escape(f['key'])}</b>: {html.escape(f['quantity'])}</li>"
-                      for f in record["summary"].get("findings", [])]
-            parts.append("</ul>")
-            for name in _figures(out, stage.name):
-                with open(os.path.join(out, stage.name, name), "rb") as handle:
-                    encoded = base64.b64encode(handle.read()).decode("ascii")
-                parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{encoded}'>"
-                             f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _sections(records):
-    """``(section title, [(stage, record), ...])`` for each paper section with at least one stage record."""
-    by_name = {stage.name: stage for stage in STAGES}
-    for section, title in SECTION_TITLES.items():
-        pairs = [(by_name[record["stage"]], record) for record in records
-                 if by_name[record["stage"]].section == section]
-        if pairs:
-            yield title, pairs
-
-
-def _inline(text):
-    text = html.escape(text)
-    while "**" in text:
-        text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
-    return text
-
-
-def _figures(out, stage_name):
+def _stage_figures(out, stage_name, summary):
+    """The stage's figures: its summary's ``figures`` descriptions (files that exist), else its PNG files
+    (captioned with their file names)."""
     folder = os.path.join(out, stage_name)
-    return sorted(name for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
+    described = [report_lib.FigureRecord.from_dict(stage_name, item) for item in summary.get("figures", [])]
+    described = [figure for figure in described if os.path.isfile(os.path.join(out, figure.path))]
+    if described:
+        return tuple(described)
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
+    return tuple(report_lib.FigureRecord(f"{stage_name}/{name}") for name in names)
 
 
-def _checkpoint_spec(spec, folder):
-    preset, filename = spec.rsplit("=", 1)
-    path = os.path.join(folder, filename)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--checkpoints: expected the published checkpoint {filename} for {preset} in "
-                                f"{folder!r} (not found; nothing is downloaded)")
-    return f"{preset}={path}"
+@functools.lru_cache(maxsize=None)
+def _sha256_of(path, size, mtime):
+    return training.sha256_file(path)
 
 
-def _model_identity(spec, options):
-    """What identifies a model spec's weights: a zoo recipe's fingerprint + weights hash, or a file's hash."""
-    if "=" in spec and spec.endswith(".npz"):
-        return {"spec": spec, "sha256": training.sha256_file(spec.rsplit("=", 1)[1])}
-    if spec.endswith(".keras"):
-        return {"spec": spec, "sha256": training.sha256_file(spec)}
-    from vitcnn_tf import zoo
+def _file_sha256(path):
+    """sha256 of a file, computed once per (path, size, modification time) in this process."""
+    return _sha256_of(*_file_key(path))
 
-    record = zoo.cached_record(spec, options.zoo_dir) or {}
-    return {"spec": spec, "recipe": zoo.get_recipe(spec).fingerprint(), "weights": record.get("weights_sha256")}
 
+def _model_identity(spec, zoo_dir):
+    """:func:`vitcnn_tf.model_specs.model_identity`, with each file hashed once per run (a checkpoint feeds several
+    stages)."""
+    parsed = model_specs.parse_model_spec(spec)
+    if parsed.path is None:
+        return model_specs.model_identity(spec, zoo_dir)
+    return _cached_file_identity(spec, zoo_dir, *_file_key(parsed.path))
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_file_identity(spec, zoo_dir, path, size, mtime):
+    return model_specs.model_identity(spec, zoo_dir)
+
+
+def _file_key(path):
+    status = os.stat(path)
+    return os.path.abspath(path), status.st_size, status.st_mtime_ns
 
 
 if __name__ == "__main__":

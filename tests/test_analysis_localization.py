@@ -156,3 +156,16 @@ def test_scores_need_a_mapping_when_grids_differ():
         localization.localization_scores(np.ones((4, 16)))
     with pytest.raises(ValueError, match="at least one patch per token"):
         localization.localization_scores(np.ones((2, 2)), own_patches=np.array([[True, False], [False, False]]))
+
+
+def test_constant_tokens_follow_the_reference_degeneracy_rule(images):
+    """A token the reference calls degenerate (NaN) is NaN here; a varying one gets the reference value."""
+    tokens = patches_by_slicing(images, 4).copy()
+    tokens[:, 2] = 0.25
+    patches = patches_by_slicing(images.astype(np.float64), 4)
+    with pytest.warns(RuntimeWarning):
+        cka = localization.token_patch_cka(tokens, images, 4)
+    with pytest.warns(RuntimeWarning, match="constant"):
+        assert np.isnan(reference.linear_cka(tokens[:, 2], patches[:, 0]))
+    assert np.isnan(cka[2]).all()
+    assert cka[1, 0] == pytest.approx(reference.linear_cka(tokens[:, 1], patches[:, 0]), rel=1e-10)

@@ -161,3 +161,20 @@ def test_bad_layers_and_inputs_raise_clear_errors(cls_vit):
         receptive_field.effective_receptive_field(cls_vit, images, "embedding", num_prefix_tokens=0)
     with pytest.raises(ValueError, match=r"images: expected a non-empty \[n, H, W, C\]"):
         receptive_field.effective_receptive_field(cls_vit, images[0], "embedding")
+
+
+def test_per_image_erf_maps_average_to_the_erf_and_are_each_images_own():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((9, 9, 2))
+    hidden = keras.layers.Conv2D(3, 3, padding="same", activation="tanh", name="conv0")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same", name="conv1")(hidden))
+    images = np.random.default_rng(0).uniform(-1, 1, size=(5, 9, 9, 2)).astype(np.float32)
+    # float32 gradients computed in batches of 2 and of 5: equal to float32 rounding (oneDNN picks its kernels
+    # by batch size), hence rtol 1e-5.
+    per_image = receptive_field.per_image_effective_receptive_field(model, images, "conv1", batch_size=2)
+    assert per_image.shape == (5, 9, 9)
+    np.testing.assert_allclose(per_image.mean(axis=0),
+                               receptive_field.effective_receptive_field(model, images, "conv1"), rtol=1e-5)
+    np.testing.assert_allclose(per_image[3], receptive_field.effective_receptive_field(model, images[3:4], "conv1"),
+                               rtol=1e-6)
+    assert not np.allclose(per_image[0], per_image[1])  # tanh: the gradient depends on the image

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 
@@ -37,3 +38,41 @@ def test_result_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_write_json_writes_non_finite_numbers_as_null_and_notes_where(tmp_path):
+    written = atomic_io.write_json(tmp_path / "s.json",
+                                   {"a": [1.0, np.nan], "b": {"c": np.float32(np.inf)}, "d": np.arange(2)})
+    stored = json.loads((tmp_path / "s.json").read_text())
+    assert stored == written
+    assert stored["a"] == [1.0, None] and stored["b"] == {"c": None} and stored["d"] == [0, 1]
+    assert stored["non_finite_paths"] == ["$.a[1]", "$.b.c"] and stored["non_finite_note"] == atomic_io.NON_FINITE_NOTE
+    clean = atomic_io.write_json(tmp_path / "t.json", {"x": 1.5})
+    assert clean == {"x": 1.5}
+
+
+def test_json_safe_converts_numpy_and_lists_replaced_paths():
+    cleaned, paths = atomic_io.json_safe([np.float64(2.0), (np.nan, -np.inf), {1: np.int64(3)}])
+    assert cleaned == [2.0, [None, None], {"1": 3}] and paths == ["$[1][0]", "$[1][1]"]
+    assert isinstance(cleaned[2]["1"], int)
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    data = os.urandom(3 * 1024 + 7)
+    (tmp_path / "blob").write_bytes(data)
+    assert atomic_io.sha256_file(tmp_path / "blob", chunk_size=1024) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_path_replaces_on_success_and_cleans_up_on_error(tmp_path):
+    target = tmp_path / "w.bin"
+    with atomic_io.atomic_path(target, suffix=".tmp.bin") as tmp:
+        assert tmp.endswith(".tmp.bin") and os.path.dirname(tmp) == str(tmp_path)
+        with open(tmp, "wb") as handle:
+            handle.write(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with atomic_io.atomic_path(target) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(b"half")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["w.bin"]

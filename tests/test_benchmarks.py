@@ -1,6 +1,7 @@
 """The benchmarks in benchmarks/ run in their tiniest setting and print their numbers (functional only: speed and
 memory are measured by the benchmarks, never asserted here)."""
 
+import json
 import math
 import os
 import re
@@ -13,8 +14,10 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 sys.path.insert(0, BENCHMARKS)
 
 import _common  # noqa: E402
+import gpu_check  # noqa: E402
 import heatmap_bench  # noqa: E402
 import memory_bench  # noqa: E402
+import paper_dry_run  # noqa: E402
 import precision_bench  # noqa: E402
 
 TINY = ["--tiny", "--batch-size", "8"]
@@ -135,3 +138,70 @@ def test_a_stale_zoo_is_an_error_not_a_retrain(tmp_path):
     args = heatmap_bench.parse_args(["--zoo-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="stale or corrupted"):
         _common.cpu_pair(args)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu_and_reports_every_part(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--batches", "1", "--warmup", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    precision = report["precision"]
+    # the guard turns TensorFloat-32 off inside and restores it; guarded errors are float32-level
+    assert precision["tf32_enabled_globally"] and not precision["tf32_inside_guard"] and precision["tf32_after_guard"]
+    assert max(value for name, value in precision["max_abs_error"].items()
+               if name != "unguarded_tf32_matmul") <= precision["tolerance"]
+    placement = report["placement"]
+    assert placement["placement_log_nodes"] > 0 and not placement["errors"]
+    assert set(placement["output_devices"]) >= {"gram_linear", "linear_cka", "MinibatchCKA.update_state"}
+    assert all("device:CPU:" in where for where in placement["output_devices"].values())
+    vit, joint = report["throughput"]["vit_b16"], report["throughput"]["vit_b16_x_bit_r50x1"]
+    assert vit["taps"] == 2 * gpu_check.QUICK_VIT["num_layers"] and vit["images_per_second"] > 0
+    assert joint["taps"] == vit["taps"] + 4  # BiT's four unit outputs (one unit per stage)
+    assert vit["heatmap_diagonal_max_error"] < 1e-6 and vit["heatmap_finite_fraction"] == 1.0
+    assert "ALL PASS" in capsys.readouterr().out
+
+
+def test_paper_dry_run_quick_specs_follow_the_checkpoint_table(tmp_path):
+    from experiments import reproduce
+    from vitcnn_tf.model_specs import parse_model_spec
+
+    table = {checkpoint.name: checkpoint for checkpoint in reproduce.CHECKPOINTS}
+    full = paper_dry_run.checkpoint_specs(paper_dry_run.CHECKPOINT_NAMES, str(tmp_path), quick=False)
+    quick = paper_dry_run.checkpoint_specs(paper_dry_run.CHECKPOINT_NAMES, str(tmp_path), quick=True)
+    for name in paper_dry_run.CHECKPOINT_NAMES:
+        assert full[name] == table[name].spec(str(tmp_path))  # the release file names and overrides
+        spec = parse_model_spec(quick[name])
+        assert spec.preset == table[name].preset and spec.path == str(tmp_path / f"{name}.npz")
+        assert spec.overrides["num_classes"] == parse_model_spec(full[name]).overrides["num_classes"]
+        assert ("representation_size" in spec.overrides) == ("representation_size" in table[name].overrides)
+    with pytest.raises(ValueError, match="not in experiments.reproduce.CHECKPOINTS"):
+        paper_dry_run.checkpoint_specs(["no_such_checkpoint"], str(tmp_path), quick=True)
+
+
+def test_paper_dry_run_writes_an_image_folder_and_a_command_reproduce_accepts(tmp_path):
+    from experiments import reproduce
+    from vitcnn_tf import data as data_lib
+
+    root = tmp_path / "images"
+    assert paper_dry_run.write_image_folder(str(root), classes=3, per_class=2, seed=0, size=24) == 12
+    for split in ("train", "test"):
+        info = data_lib.check_split("image_folder", split, data_dir=str(root))
+        assert info.num_classes == 3 and data_lib.split_size("image_folder", split, data_dir=str(root)) == 6
+    args = paper_dry_run.parse_args(["--quick", "--work", str(tmp_path)])
+    folders = {name: str(tmp_path / name) for name in ("checkpoints", "images", "reproduce")}
+    specs = paper_dry_run.checkpoint_specs(paper_dry_run.CHECKPOINT_NAMES, folders["checkpoints"], quick=True)
+    argv = paper_dry_run.reproduce_argv(args, folders, specs, "sec4_representation_structure")
+    assert argv[1:3] == ["-m", "experiments.reproduce"]
+    options = reproduce.build_parser().parse_args(argv[3:])
+    assert (options.preset, options.dataset, options.jobs, options.only) == ("paper", "image_folder", 1,
+                                                                            "sec4_representation_structure")
+    assert options.num_examples == [str(paper_dry_run.QUICK_NUM_EXAMPLES)]
+    assert sorted(entry.split("=", 1)[0] for entry in options.model) == sorted(paper_dry_run.CHECKPOINT_NAMES)
+
+
+def test_paper_dry_run_refuses_too_few_images(capsys):
+    with pytest.raises(SystemExit):
+        paper_dry_run.parse_args(["--per-class", "5"])
+    with pytest.raises(SystemExit):
+        paper_dry_run.parse_args(["--num-examples", "100", "--classes", "2", "--per-class", "10"])
+    assert "10-shot" in capsys.readouterr().err

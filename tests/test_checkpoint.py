@@ -6,16 +6,17 @@ import pickle
 import numpy as np
 import pytest
 
+import helpers
 import numpy_forward
-from vitcnn_tf.models import Mixer, MixerConfig, ViT, ViTConfig, load_npz, save_npz
+from vitcnn_tf.models import Mixer, MixerConfig, load_npz, save_npz
 from vitcnn_tf.models.vit import resample_position_embedding
 
-TINY = dict(patch_size=4, hidden_size=8, mlp_dim=12, num_heads=2, num_layers=2, image_size=16, num_classes=5)
 POSEMB = "Transformer/posembed_input/pos_embedding"
 
 
 def tiny_vit(**overrides):
-    return ViT(ViTConfig(**{**TINY, **overrides}))
+    """``helpers.tiny_vit`` of width 8, MLP width 12 and 2 blocks (the shapes the error messages below name)."""
+    return helpers.tiny_vit(**{"hidden_size": 8, "mlp_dim": 12, "num_layers": 2, **overrides})
 
 
 def values(model):
@@ -24,8 +25,7 @@ def values(model):
 
 def test_vit_keys_and_shapes_are_the_vit_jax_ones():
     # Written from the vit_jax release layout: query/key/value kernels [D, H, dh], out kernel [H, dh, D].
-    model = ViT(ViTConfig(patch_size=4, hidden_size=8, mlp_dim=12, num_heads=2, num_layers=1, image_size=8,
-                          num_classes=3, representation_size=6))
+    model = tiny_vit(num_layers=1, image_size=8, num_classes=3, representation_size=6)
     block = "Transformer/encoderblock_0"
     attention = f"{block}/MultiHeadDotProductAttention_1"
     expected = {
@@ -220,4 +220,27 @@ def test_non_square_position_embedding_is_refused(tmp_path):
     params = numpy_forward.random_checkpoint(model)
     params[POSEMB] = np.zeros((1, 13, 8), np.float32)  # CLS + 12 tokens: not a square grid
     np.savez(tmp_path / "odd.npz", **params)
-    _expect_error_and_no_change(model, tmp_path / "odd.npz", "12 tokens is not a square grid")
+    _expect_error_and_no_change(model, tmp_path / "odd.npz", "12 tokens do not form a non-empty square grid")
+
+
+def test_wrong_model_under_the_right_file_name_names_file_keys_and_shapes_in_a_short_message(tmp_path):
+    """A wider, deeper ViT's file loaded into a small ViT: every kind of mismatch is listed, capped per kind."""
+    source = tiny_vit(hidden_size=16, num_layers=3)
+    save_npz(source, tmp_path / "ViT-B_16.npz")
+    model = tiny_vit()
+    before = values(model)
+    with pytest.raises(ValueError) as error:
+        load_npz(model, tmp_path / "ViT-B_16.npz")
+    message = str(error.value)
+    assert str(tmp_path / "ViT-B_16.npz") in message and "hidden_size=8" in message
+    assert "'embedding/bias': checkpoint shape (16,), model expects (8,)" in message
+    assert "unexpected in the checkpoint" in message
+    assert "'Transformer/encoderblock_2/LayerNorm_0/bias' (16,)" in message
+    source_shapes = {key: tuple(v.shape) for key, v in source.checkpoint_variables().items()}
+    mismatched = sum(1 for key, value in before.items()
+                     if not key.startswith("head/") and value.shape != source_shapes[key])
+    listed = [line for line in message.splitlines() if line.startswith("    '")]
+    assert len(listed) <= 3 * 8 and f"... and {mismatched - 8} more" in message
+    assert len(message) < 3000
+    for key, value in values(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=f"{key} changed by a failed load")

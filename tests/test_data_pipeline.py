@@ -189,3 +189,13 @@ def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, error, message):
 def test_default_dataset_is_shapes10():
     assert pipeline.DEFAULT_DATASET == "shapes10"
     assert dataset_info().class_names == shapes.CLASS_NAMES
+
+
+def test_to_model_input_downsamples_as_the_releases_do():
+    """vit_jax / BiT evaluation: tf.image.resize bilinear without anti-aliasing, then (x - 127.5) / 127.5. Halving
+    the side samples between 2x2 pixel blocks, so each output is the mean of its block (anti-aliasing would
+    spread the filter over the neighbouring blocks)."""
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    out = to_model_input(tf.constant(image), 4).numpy()
+    blocks = image.astype(np.float64).reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(out, (blocks - 127.5) / 127.5, atol=1e-5)

@@ -76,7 +76,7 @@ def test_no_subset_returns_everything():
     (dict(num_examples=0), "num_examples must be a positive integer"),
     (dict(num_examples=2.5), "num_examples must be a positive integer"),
     (dict(num_examples=11), "larger than the split"),
-    (dict(fraction=0.5, num_examples=3), "not both"),
+    (dict(fraction=0.5, num_examples=3), "at most one of"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -88,3 +88,25 @@ def test_bad_labels_raise():
         stratified_subset_indices(np.zeros((3, 2), int), fraction=0.5)
     with pytest.raises(ValueError, match="non-negative integers"):
         stratified_subset_indices(np.array([0.5, 1.0]), fraction=0.5)
+
+
+def test_num_examples_is_exactly_balanced_on_imagenet_validation_like_labels():
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(1000), 50))  # 1,000 classes of 50
+    for count in (1000, 5000):
+        assert set(np.bincount(labels[stratified_subset_indices(labels, num_examples=count)]).tolist()) == {
+            count // 1000}
+    uneven = np.bincount(labels[stratified_subset_indices(labels, num_examples=1500)], minlength=1000)
+    assert set(uneven.tolist()) == {1, 2} and uneven.sum() == 1500
+
+
+def test_examples_per_class_is_exact_whatever_the_class_sizes_and_nested():
+    labels, counts = _imbalanced_labels()
+    ten = stratified_subset_indices(labels, examples_per_class=10, subset_seed=3)
+    assert np.bincount(labels[ten]).tolist() == [10] * len(counts)
+    assert set(stratified_subset_indices(labels, examples_per_class=5, subset_seed=3)) < set(ten)
+    # the first k of every class's permutation: also inside any fraction that gives each class at least k
+    assert set(ten) <= set(stratified_subset_indices(labels, fraction=0.5, subset_seed=3))
+    with pytest.raises(ValueError, match=r"examples_per_class must be an integer in \[1, 23\]"):
+        stratified_subset_indices(labels, examples_per_class=24)
+    with pytest.raises(ValueError, match="at most one of"):
+        stratified_subset_indices(labels, examples_per_class=2, num_examples=10)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vitcnn_tf.data import dataset_info, load_dataset, split_size
+from vitcnn_tf.data import check_split, dataset_info, evaluation_split, load_dataset, split_size
 
 NUM_CLASSES = 3
 
@@ -32,8 +32,7 @@ def prepared_tfds(tmp_path_factory):
 
     Written as tfds writes a prepared dataset (TFRecord shards of serialized examples + dataset_info.json via
     ``tfds.folder_dataset.write_metadata``), so that ``tfds.builder(name, data_dir=...)`` reads it like any
-    downloaded dataset. (``tfds.dataset_builders.store_as_tfds_dataset`` would be shorter but needs the
-    undeclared ``importlib_resources`` package in tensorflow-datasets 4.9.)
+    downloaded dataset.
     """
     data_dir = tmp_path_factory.mktemp("tfds")
     version_dir = data_dir / "vitcnn_tiny_test" / "1.0.0"
@@ -134,3 +133,48 @@ def test_image_folder(image_folder, tmp_path):
     subset = load_dataset("image_folder", "train", batch_size=16, num_examples=6, shuffle=False,
                           data_dir=image_folder, cache_dir=tmp_path)
     assert np.bincount(next(iter(subset))[1].numpy()).tolist() == [2, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """tests/tiny_tfds.py prepared by tfds' own download_and_prepare (which needs importlib_resources)."""
+    import tiny_tfds
+
+    return tiny_tfds.prepare(tmp_path_factory.mktemp("imagenet_like"))
+
+
+def test_tfds_prepare_gives_train_validation_and_an_unlabelled_test(imagenet_like, tmp_path):
+    import tiny_tfds
+
+    info = check_split(tiny_tfds.NAME, "validation", data_dir=imagenet_like, cache_dir=tmp_path)
+    assert info.splits == {"train": 60, "validation": 24, "test": 6}
+    ds = load_dataset(tiny_tfds.NAME, "validation", batch_size=24, image_size=16, data_dir=imagenet_like,
+                      cache_dir=tmp_path)
+    images, labels = (tensor.numpy() for tensor in next(iter(ds)))
+    np.testing.assert_allclose(_label_from_image(images), labels, atol=0.2)
+    assert np.bincount(labels).tolist() == [8, 8, 8]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_examples": 3}, {"fraction": 0.5}])
+def test_negative_labels_are_an_error_naming_the_dataset_and_split(imagenet_like, tmp_path, kwargs):
+    import tiny_tfds
+
+    message = f"dataset '{tiny_tfds.NAME}' split 'test': 6 of 6 labels are not class indices in \\[0, 3\\)"
+    with pytest.raises(ValueError, match=message):
+        check_split(tiny_tfds.NAME, "test", data_dir=imagenet_like, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=message):
+        load_dataset(tiny_tfds.NAME, "test", batch_size=2, data_dir=imagenet_like, cache_dir=tmp_path, **kwargs)
+
+
+def test_evaluation_split_is_validation_for_imagenet_only():
+    assert evaluation_split("imagenet2012") == "validation"
+    assert evaluation_split("imagenet2012/subset:5.1.0") == "validation"
+    assert [evaluation_split(name) for name in ("shapes10", "cifar10", "image_folder")] == ["test"] * 3
+
+
+def test_examples_per_class_from_tfds_gives_every_class_the_same_count(imagenet_like, tmp_path):
+    import tiny_tfds
+
+    ds = load_dataset(tiny_tfds.NAME, "train", batch_size=64, examples_per_class=4, shuffle=False,
+                      data_dir=imagenet_like, cache_dir=tmp_path)
+    assert np.bincount(next(iter(ds))[1].numpy()).tolist() == [4, 4, 4]

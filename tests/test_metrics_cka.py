@@ -8,20 +8,12 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vitcnn_tf.metrics import cka, reference
+from helpers import random_pair
+from vitcnn_tf.metrics import cka, ops, reference
 
 seeds = st.integers(0, 2**32 - 1)
-# Tolerances of the brief: float64 input within 1e-6 of the reference, float32 within 1e-4.
+# The promised agreement with the reference: float64 input within 1e-6 of the reference, float32 within 1e-4.
 TOLERANCE = {np.float64: 1e-6, np.float32: 1e-4}
-
-
-def random_pair(seed, n, dx, dy, shared=2):
-    """Two representations of ``n`` examples sharing ``shared`` latent directions (so CKA is neither 0 nor 1)."""
-    rng = np.random.default_rng(seed)
-    latent = rng.standard_normal((n, shared))
-    x = latent @ rng.standard_normal((shared, dx)) + 0.5 * rng.standard_normal((n, dx))
-    y = latent @ rng.standard_normal((shared, dy)) + 0.5 * rng.standard_normal((n, dy)) + 3.0
-    return x, y
 
 
 def random_orthogonal(rng, d):
@@ -53,7 +45,7 @@ def test_tf_functions_equal_reference(seed, n, dtype, unbiased):
     expected = reference.linear_cka(x64, y64, unbiased)
     np.testing.assert_allclose(cka.cka(k_tf, cka.gram_linear(y_in), unbiased).numpy(), expected, atol=tol)
     np.testing.assert_allclose(cka.linear_cka(x_in, y_in, unbiased).numpy(), expected, atol=tol)
-    np.testing.assert_allclose(cka.linear_cka_features(x_in, y_in, unbiased).numpy(), expected, atol=tol)
+    np.testing.assert_allclose(ops.linear_cka_features(x_in, y_in, unbiased).numpy(), expected, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
@@ -99,7 +91,7 @@ def test_tf_cka_invariances(seed, n, unbiased, scale):
     np.testing.assert_allclose(cka.linear_cka(x[order], y[order], unbiased).numpy(), value, atol=1e-9)
     np.testing.assert_allclose(cka.linear_cka(y, x, unbiased).numpy(), value, atol=1e-12)
     np.testing.assert_allclose(cka.linear_cka(x, x, unbiased).numpy(), 1.0, atol=1e-12)
-    np.testing.assert_allclose(cka.linear_cka_features(x, y, unbiased).numpy(), value, atol=1e-9)
+    np.testing.assert_allclose(ops.linear_cka_features(x, y, unbiased).numpy(), value, atol=1e-9)
     if not unbiased:
         assert -1e-12 <= value <= 1 + 1e-12
 
@@ -121,7 +113,7 @@ def test_constant_representation_gives_nan_and_warning():
     with pytest.warns(RuntimeWarning, match="first representation is constant"):
         assert np.isnan(cka.cka(cka.gram_linear(constant), cka.gram_linear(x)).numpy())
     with pytest.warns(RuntimeWarning, match="first representation is constant"):
-        assert np.isnan(cka.linear_cka_features(constant, x).numpy())
+        assert np.isnan(ops.linear_cka_features(constant, x).numpy())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.isfinite(cka.linear_cka(x, x + 1.0).numpy())

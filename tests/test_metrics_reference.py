@@ -8,18 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import random_pair
 from vitcnn_tf.metrics import reference
 
 seeds = st.integers(0, 2**32 - 1)
-
-
-def random_pair(seed, n, dx, dy, shared=2):
-    """Two representations of ``n`` examples sharing ``shared`` latent directions (so CKA is neither 0 nor 1)."""
-    rng = np.random.default_rng(seed)
-    latent = rng.standard_normal((n, shared))
-    x = latent @ rng.standard_normal((shared, dx)) + 0.5 * rng.standard_normal((n, dx))
-    y = latent @ rng.standard_normal((shared, dy)) + 0.5 * rng.standard_normal((n, dy)) + 3.0
-    return x, y
 
 
 def random_orthogonal(rng, d):
@@ -84,7 +76,7 @@ def test_gram_linear_and_gram_rbf_equal_pairwise_loops():
     flat = x.reshape(7, -1)
     linear = np.array([[flat[i] @ flat[j] for j in range(7)] for i in range(7)])
     distances = np.array([[np.sum((flat[i] - flat[j]) ** 2) for j in range(7)] for i in range(7)])
-    median = np.median([distances[i, j] for i in range(7) for j in range(7) if i != j])
+    median = np.median([distances[i, j] for i in range(7) for j in range(7)])  # all 49 entries, zeros included
     np.testing.assert_allclose(reference.gram_linear(x), linear, rtol=1e-12)
     np.testing.assert_allclose(reference.gram_rbf(x, threshold=0.7), np.exp(-distances / (2 * 0.49 * median)),
                                rtol=1e-10, atol=1e-14)

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+import helpers
 import numpy_forward
 from vitcnn_tf.models import Mixer, MixerConfig
-from vitcnn_tf.models.layers import deferred_variables
 from vitcnn_tf.models.mixer import MIXER_PRESETS
 
 # Parameter counts with 1000 classes. Paper presets: the vit_jax release's models_test.py. CPU preset, by hand:
@@ -32,12 +32,8 @@ def test_every_preset_has_a_parameter_count():
 
 @pytest.mark.parametrize("name", sorted(MIXER_PARAMETER_COUNTS))
 def test_parameter_count(name):
-    with deferred_variables():
-        model = Mixer(MixerConfig.from_name(name, num_classes=1000))
-        weights = model.weights
-        checkpoint_ids = sorted(id(v) for v in model.checkpoint_variables().values())
-    assert checkpoint_ids == sorted(id(w) for w in weights), "checkpoint_variables must cover every weight once"
-    assert sum(int(np.prod(w.shape)) for w in weights) == MIXER_PARAMETER_COUNTS[name]
+    count = helpers.parameter_count(lambda: Mixer(MixerConfig.from_name(name, num_classes=1000)))
+    assert count == MIXER_PARAMETER_COUNTS[name]
 
 
 def test_checkpoint_keys_and_shapes_are_the_release_ones():
@@ -112,8 +108,4 @@ def test_keras_file_and_config_round_trips(tmp_path):
     assert clone.config == model.config
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(np.asarray(clone(images)), np.asarray(model(images)))
-    path = tmp_path / "mixer.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    assert isinstance(restored, Mixer) and restored.config == model.config
-    np.testing.assert_array_equal(np.asarray(restored(images)), np.asarray(model(images)))
+    helpers.assert_saving_round_trip(model, tmp_path, images)

@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
+import helpers
 from numpy_forward_resnet import (expected_release_shapes, random_release_arrays, resnet_v2_forward,
                                   standardize_kernel)
-from vitcnn_tf.models.layers import deferred_variables
 from vitcnn_tf.models.resnet_v2 import ResNetV2, ResNetV2Config, StandardizedConv2D
 
-# Reference counts with a 1000-class head (BiT release / issue 3); the CPU preset's count is the closed form below.
+# Reference counts with a 1000-class head (the BiT release); the CPU preset's count is the closed form below.
 PAPER_PRESET_PARAMS = {"BiT-R50x1": 25_549_352, "BiT-R152x2": 236_335_208}
 CPU_PRESETS = ("ResNetV2-CPU",)
 
@@ -42,7 +42,7 @@ def images(config, n=3, seed=1):
 @pytest.mark.parametrize("name", sorted(PAPER_PRESET_PARAMS) + list(CPU_PRESETS))
 def test_preset_parameter_counts(name):
     config = ResNetV2Config.from_name(name, num_classes=1000)
-    with deferred_variables():  # shapes without values: R152x2 allocates nothing
+    with helpers.deferred_variables():  # shapes without values: R152x2 allocates nothing
         model = ResNetV2(config)
     expected = PAPER_PRESET_PARAMS.get(name, closed_form_param_count(config))
     assert closed_form_param_count(config) == expected
@@ -221,13 +221,7 @@ def test_get_config_from_config_round_trip():
 def test_keras_file_round_trip(tmp_path):
     model = ResNetV2(BIT_STEM_CONFIG)
     randomize(model)
-    path = tmp_path / "resnet.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, ResNetV2) and loaded.config == model.config
-    assert list(loaded.taps) == list(model.taps)
-    x = images(BIT_STEM_CONFIG)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)))
+    loaded = helpers.assert_saving_round_trip(model, tmp_path, images(BIT_STEM_CONFIG))
     for key, variable in loaded.checkpoint_variables().items():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable),
                                       keras.ops.convert_to_numpy(model.checkpoint_variables()[key]), err_msg=key)

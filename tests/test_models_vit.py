@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+import helpers
 import numpy_forward
 from vitcnn_tf.models import ViT, ViTConfig
-from vitcnn_tf.models.layers import deferred_variables
 from vitcnn_tf.models.vit import VIT_PRESETS
 
 # Parameter counts with 1000 classes. Paper presets: the vit_jax release's models_test.py. CPU preset, by hand:
@@ -24,11 +24,8 @@ VIT_PARAMETER_COUNTS = {
 # vit_jax's "-gap-norep" variants (classifier="gap": no CLS token, one position embedding fewer).
 VIT_GAP_PARAMETER_COUNTS = {"ViT-S/16": 22_049_896, "ViT-B/16": 86_566_120, "ViT-B/32": 88_222_696}
 
-TINY = dict(patch_size=4, hidden_size=16, mlp_dim=24, num_heads=2, num_layers=3, image_size=16, num_classes=5)
-
-
 def tiny_config(**overrides):
-    return ViTConfig(**{**TINY, **overrides})
+    return ViTConfig(**{**helpers.TINY_VIT, **overrides})
 
 
 def all_taps(model, images):
@@ -37,12 +34,7 @@ def all_taps(model, images):
 
 
 def parameter_count(config):
-    with deferred_variables():
-        model = ViT(config)
-        weights = model.weights
-        checkpoint_ids = sorted(id(v) for v in model.checkpoint_variables().values())
-    assert checkpoint_ids == sorted(id(w) for w in weights), "checkpoint_variables must cover every weight once"
-    return sum(int(np.prod(w.shape)) for w in weights)
+    return helpers.parameter_count(lambda: ViT(config))
 
 
 # --- presets and parameter counts -------------------------------------------------------------------------------
@@ -221,13 +213,7 @@ def test_get_config_from_config_round_trip(tmp_path):
 def test_keras_file_round_trip(tmp_path):
     model = ViT(tiny_config(representation_size=8, skip_blocks_removed=(1,), dropout_rate=0.1))
     numpy_forward.load_random_checkpoint(model, tmp_path)
-    path = tmp_path / "vit.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    assert isinstance(restored, ViT) and restored.config == model.config
-    images = numpy_forward.random_images(2, 16)
-    np.testing.assert_array_equal(np.asarray(restored(images)), np.asarray(model(images)))
-    assert list(restored.taps) == list(model.taps)
+    helpers.assert_saving_round_trip(model, tmp_path, numpy_forward.random_images(2, 16))
 
 
 def test_config_must_be_a_vit_config():

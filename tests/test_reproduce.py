@@ -39,10 +39,9 @@ def outputs(out):
                 record = json.loads(data)
                 record.pop("seconds")
                 data = json.dumps(record, sort_keys=True).encode()
-            if name == "report.md":
-                data = data.replace(b"ran", b"").replace(b"cached", b"")
             contents[os.path.relpath(path, out)] = data
-    contents.pop("report.html")  # holds the same statuses as report.md, and the figures checked below
+    for report in ("report.md", "report.html"):  # rendered from these records, with run times (tests/test_report.py)
+        contents.pop(report)
     return contents
 
 
@@ -68,8 +67,8 @@ def test_two_worker_processes_give_the_in_process_results(tmp_path):
 def test_stage_code_covers_the_helper_modules_it_imports():
     files = {os.path.relpath(path, reproduce._PROJECT_ROOT)
              for path in reproduce.code_files("experiments.sec8_data_scale")}
-    assert {"experiments/sec8_data_scale.py", "experiments/sec7_linear_probes.py", "experiments/sec678_common.py",
-            "experiments/common.py", "vitcnn_tf/analysis/probes.py", "vitcnn_tf/zoo.py"} <= files
+    assert {"experiments/sec8_data_scale.py", "experiments/common.py", "vitcnn_tf/paper/data_scale.py",
+            "vitcnn_tf/zoo.py"} <= files
     assert "experiments/sec6_skip_connections.py" not in files and "experiments/reproduce.py" not in files
 
 
@@ -122,7 +121,8 @@ def test_report_has_the_findings_table_and_embedded_figures(tmp_path):
         expected = ("holds" if finding["low"] > 0 else "does not hold" if finding["high"] <= 0 else "inconclusive")
         assert finding["verdict"] == expected
     markdown = (tmp_path / "report.md").read_text()
-    assert "| section | finding |" in markdown and "sec4_alpha/samples.png" in markdown
+    assert "| section | finding |" in markdown and "(sec4_alpha/samples.png)" in markdown
+    assert "- **Findings**: " in markdown and "`shapes10`, split `test`" in markdown
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FAKE_STAGES) and "src='sec4" not in page
 
@@ -133,20 +133,12 @@ def test_only_selects_stages_by_prefix_and_rejects_unknown_names():
         reproduce.selected_stages("sec9")
 
 
-def test_paper_preset_needs_the_published_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "STAGES", reproduce.STAGES[:0] + (
-        reproduce.Stage("sec4_alpha", "4", "t", (reproduce._VIT_B16,), module="reproduce_fake_stage"),))
-    with pytest.raises(FileNotFoundError, match="ViT-B_16.npz for ViT-B/16"):
-        run(tmp_path, "--preset", "paper", "--checkpoints", str(tmp_path))
-    with pytest.raises(SystemExit):
-        run(tmp_path, "--preset", "paper")
-
-
 def test_a_failed_stage_does_not_stop_the_others_and_is_retried(tmp_path):
     fake.FAIL.add("sec4_beta_stage")
     assert run(tmp_path) == 1
     assert fake.CALLS == [stage.name for stage in FAKE_STAGES]
-    assert "Stage `sec4_beta_stage`: failed." in (tmp_path / "report.md").read_text()
+    assert ("Stage `sec4_beta_stage` (Fake stage sec4_beta_stage): failed; RuntimeError: injected failure"
+            in (tmp_path / "report.md").read_text())
     fake.FAIL.clear()
     fake.CALLS.clear()
     assert run(tmp_path) == 0

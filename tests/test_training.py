@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from vitcnn_tf import training
+from vitcnn_tf import atomic_io, training
 from vitcnn_tf.data import load_dataset
 
 
@@ -78,7 +78,7 @@ def test_short_training_run_beats_chance_and_writes_a_complete_record(tmp_path):
     on_disk = json.loads((tmp_path / training.RECORD_FILE).read_text())
     assert on_disk == record
     weights = tmp_path / record["weights_file"]
-    assert record["weights_sha256"] == training.sha256_file(weights)
+    assert record["weights_sha256"] == atomic_io.sha256_file(weights)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_002.weights.h5", "epoch_004.weights.h5"]
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp") or name.startswith(".")]
     # the saved weights reproduce the model

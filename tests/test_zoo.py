@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from vitcnn_tf import training, zoo
+from vitcnn_tf import atomic_io, training, zoo
 from vitcnn_tf.data import load_dataset
 
 TINY = zoo.Recipe(
@@ -108,7 +108,7 @@ def test_training_writes_weights_and_a_validated_record(trained):
     assert record == entry.record
     assert record["recipe_fingerprint"] == TINY.fingerprint() and record["recipe"]["name"] == "tiny_vit"
     assert record["weights_file"] == "model.npz"
-    assert record["weights_sha256"] == training.sha256_file(folder / "model.npz")
+    assert record["weights_sha256"] == atomic_io.sha256_file(folder / "model.npz")
     assert record["data"]["train_examples"] == 256 and record["data"]["test_examples"] == 364
     assert record["model_config"]["hidden_size"] == 16 and record["model_config"]["num_classes"] == 10
     assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] == 1

@@ -1,8 +1,7 @@
 """Independent jobs (zoo trainings, experiment stages) run in single-threaded worker processes.
 
 On a small CPU machine, ``k`` processes of one thread each do more work than one process with ``k`` threads: the
-models of this project are small, and most of their ops cannot keep several cores busy (measured, see the README:
-two single-threaded ViT-CPU/4 trainings side by side get 2.3x the examples per second of one two-threaded one).
+models of this project are small, and most of their ops cannot keep several cores busy.
 :func:`run_tasks` runs a graph of :class:`Task` s that way::
 
     tasks = [Task("vit", train, ("vit",), cost=5), Task("resnet", train, ("resnet",), cost=3),

@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 DEFAULT_CMAP = "magma"
+MAX_CYCLE_SERIES = 10  # matplotlib's default colour cycle has 10 colours
+SERIES_CMAP = "viridis"
 
 
 def layer_group(name):
@@ -85,6 +87,10 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
     ``style``: ``"line"`` (lines with markers; intervals as shaded bands) or ``"points"`` (markers only; intervals
     as vertical segments). ``hlines``: y values of dashed reference lines, or ``{legend label: y value}``.
     ``xticks`` / ``xticklabels`` set the x ticks.
+
+    Up to ``MAX_CYCLE_SERIES`` series take the default colour cycle; more take ``series_colors`` (distinct colours
+    along a perceptual colormap, in series order, e.g. blocks by depth) and the legend moves outside the axes, in
+    as many columns as keep it within the figure's height (``legend_layout``).
     """
     if style not in ("line", "points"):
         raise ValueError(f"line_plot: style must be 'line' or 'points', got {style!r}")
@@ -92,7 +98,8 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
         raise ValueError("line_plot: series is empty; expected {label: (x, y)} or {label: (x, y, low, high)}")
     figure = Figure(figsize=figsize, layout="constrained")
     axes = figure.add_subplot()
-    for label, values in series.items():
+    colors = series_colors(len(series)) if len(series) > MAX_CYCLE_SERIES else [None] * len(series)
+    for color, (label, values) in zip(colors, series.items()):
         if len(values) not in (2, 4):
             raise ValueError(f"line_plot: series[{label!r}] must be (x, y) or (x, y, low, high), got "
                              f"{len(values)} arrays")
@@ -101,11 +108,11 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
             raise ValueError(f"line_plot: series[{label!r}] arrays differ in length: "
                              f"{[len(v) for v in (x, y, *band)]}")
         if style == "line":
-            (line,) = axes.plot(x, y, marker="o", markersize=3, label=str(label))
+            (line,) = axes.plot(x, y, marker="o", markersize=3, label=str(label), color=color)
             if band:
                 axes.fill_between(x, band[0], band[1], color=line.get_color(), alpha=0.2, linewidth=0)
         else:
-            (points,) = axes.plot(x, y, "o", markersize=4, label=str(label))
+            (points,) = axes.plot(x, y, "o", markersize=4, label=str(label), color=color)
             if band:  # segments from low to high: right even when an interval does not contain its estimate
                 axes.vlines(x, band[0], band[1], color=points.get_color(), linewidth=1.2)
     labelled_lines = hlines.items() if isinstance(hlines, dict) else ((None, value) for value in hlines)
@@ -122,8 +129,31 @@ def line_plot(series, *, title=None, xlabel=None, ylabel=None, style="line", xti
     axes.set_ylabel(ylabel or "")
     axes.grid(True, alpha=0.3)
     if len(series) > 1 or legend_title or isinstance(hlines, dict):
-        axes.legend(title=legend_title, fontsize=8)
+        entries = len(series) + (len(hlines) if isinstance(hlines, dict) else 0)
+        if len(series) > MAX_CYCLE_SERIES:
+            columns, fontsize = legend_layout(entries)
+            width, height = figure.get_size_inches()
+            figure.set_size_inches(width + 1.4 * columns, height)
+            axes.legend(title=legend_title, fontsize=fontsize, ncol=columns, loc="upper left",
+                        bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title_fontsize=fontsize + 1)
+        else:
+            axes.legend(title=legend_title, fontsize=8)
     return figure
+
+
+def series_colors(count, cmap=SERIES_CMAP):
+    """``count`` distinct RGBA colours along ``cmap`` (viridis: perceptually uniform, dark = first)."""
+    import matplotlib
+
+    colormap = matplotlib.colormaps[cmap]
+    return [colormap(value) for value in np.linspace(0.0, 0.92, count)]
+
+
+def legend_layout(entries, rows_per_column=16):
+    """``(columns, font size)`` of a legend of ``entries`` entries placed beside the axes: at most
+    ``rows_per_column`` rows per column, smaller type for long legends."""
+    columns = max(1, -(-entries // rows_per_column))
+    return columns, 7 if entries <= 2 * rows_per_column else 6
 
 
 def image_grid(images, titles=None, *, ncols=4, title=None, cmap="viridis", shared_scale=False, colorbar=False,

@@ -12,11 +12,15 @@ regular expression that must match whole names (``r"block\\d+/\\+mlp"``).
 import contextlib
 import difflib
 import re
+import warnings
 import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from vitcnn_tf.data.elements import element_images
+from vitcnn_tf.metrics.precision import full_float32_precision
 
 # model -> {tuple of tap names -> compiled extraction function}; entries go away with their model.
 _EXTRACTORS = weakref.WeakKeyDictionary()
@@ -131,7 +135,9 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
 
     ``dataset`` yields batches of images ``[n, H, W, C]`` (``n >= 4``), or ``(images, labels, ...)`` tuples, or
     dicts with an ``"image"``/``"images"`` entry. Each batch is extracted by one compiled call and added to the
-    metric's running HSIC sums, so no activations are kept beyond the current batch.
+    metric's running HSIC sums, so no activations are kept beyond the current batch. The models' forward passes run
+    with the process's TensorFloat-32 setting, the metric's update with TensorFloat-32 off
+    (``vitcnn_tf.metrics.precision``).
 
     Within one model (``model_y`` and ``layers_y`` None) the metric compares the ``layers_x`` taps with each other
     (``MinibatchCKA(len(names_x))``, ``names_y == names_x``). Otherwise it compares ``layers_x`` of ``model_x`` with
@@ -144,11 +150,15 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
     ``cross [B, Lx, Ly]``, ``self_x [B, Lx]``, ``self_y [B, Ly]`` over the ``B`` batches of this call, read as the
     change of the metric's running sums in each update (so they sum to this call's share of the metric's state).
 
-    ``strategy``: a ``tf.distribute.Strategy`` (e.g. ``MirroredStrategy``) to run extraction and accumulation on
-    its replicas. Each global batch is split between the replicas; each replica's share counts as one minibatch and
-    the metric's SUM-aggregated state adds them up, so the result equals a single-device run with batches of the
-    per-replica size in the same order. A new metric is created in ``strategy.scope()``; a given one must have
-    been. Batch terms are then per global batch.
+    ``strategy``: a ``tf.distribute.Strategy`` (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``,
+    ``TPUStrategy``) to run extraction and accumulation on its ``R = num_replicas_in_sync`` replicas; ``dataset``
+    must then be a ``tf.data.Dataset`` that every worker reads whole, in the same order. Each global batch of ``m``
+    examples is cut into ``R`` consecutive shares of ``m // R`` examples, replica ``r`` taking share ``r``; each
+    share counts as one minibatch and the metric's SUM-aggregated state adds them up, so the result equals a
+    single-device run over the shares in order. The last ``m mod R`` examples of a batch, and a whole batch whose
+    shares would have fewer than 4 examples (e.g. a short last batch), are left out, with one warning giving the
+    count. A new metric is created in ``strategy.scope()``; a given one must have been. Batch terms are then per
+    global batch.
     """
     from vitcnn_tf.metrics.cka import MinibatchCKA
 
@@ -165,27 +175,25 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
                          f"num_layers_y={metric.num_layers_y}; the selected layers need {len(names_x)}, "
                          f"{num_layers_y}")
     forward = _paired_extractor(model_x, names_x, model_y, names_y if cross else None)
-
-    @tf.function(autograph=False)
-    def update(images):
-        before = _hsic_sums(metric)
-        xs, ys = forward(images)
-        metric.update_state(xs, ys)
-        # Automatic control dependencies order these reads of the state variables after their update.
-        return [after - previous for after, previous in zip(_hsic_sums(metric), before)]
-
-    cardinality = int(dataset.cardinality()) if isinstance(dataset, tf.data.Dataset) else -1
-    if strategy is not None:
+    if strategy is None:
+        update = _local_update(forward, metric)
+    else:
         update, dataset = _distributed_update(strategy, forward, metric, model_x, dataset)
+    cardinality = int(dataset.cardinality()) if isinstance(dataset, tf.data.Dataset) else -1
     progress_bar = keras.utils.Progbar(cardinality if cardinality >= 0 else None) if progress else None
-    terms = []
+    terms, seen, left_out = [], 0, 0
     for count, batch in enumerate(dataset, start=1):
-        images = batch if strategy is not None else _check_images(model_x, _batch_images(batch), "accumulate_cka")
-        batch_terms = update(images)
-        if return_batch_terms:
+        images = _check_images(model_x, element_images(batch, "accumulate_cka"), "accumulate_cka")
+        batch_terms, used = update(images)
+        seen, left_out = seen + int(images.shape[0]), left_out + int(images.shape[0]) - used
+        if return_batch_terms and used:
             terms.append([np.asarray(term, dtype=np.float64) for term in batch_terms])
         if progress_bar is not None:
             progress_bar.update(count)
+    if left_out:
+        warnings.warn(f"accumulate_cka: left out {left_out} of {seen} examples: the {strategy.num_replicas_in_sync} "
+                      f"replicas take equal shares of each global batch, of at least 4 examples",
+                      RuntimeWarning, stacklevel=2)
     if not return_batch_terms:
         return metric, names_x, names_y
     if not terms:
@@ -194,29 +202,70 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
     return metric, names_x, names_y, {"cross": cross, "self_x": self_x, "self_y": self_y}
 
 
+def _local_update(forward, metric):
+    """``update(images [n, ...]) -> (change of the metric's sums, n)``: ``forward`` then the metric update, in this
+    process's default device, the update with TensorFloat-32 off."""
+
+    @tf.function(autograph=False)
+    def add(xs, ys):
+        before = _hsic_sums(metric)
+        metric.update_state(xs, ys)
+        # Automatic control dependencies order these reads of the state variables after their update.
+        return [after - previous for after, previous in zip(_hsic_sums(metric), before)]
+
+    def update(images):
+        xs, ys = forward(images)
+        with full_float32_precision():
+            return add(xs, ys), int(images.shape[0])
+
+    return update
+
+
 def _distributed_update(strategy, forward, metric, model, dataset):
-    """``(update, distributed dataset)``: ``update(per-replica images)`` runs ``forward`` and the metric update on
-    every replica of ``strategy`` and returns the change of the metric's sums (read eagerly, after the update)."""
+    """``(update, images-only dataset)``: ``update(global batch [m, ...])`` cuts the batch into ``R`` equal shares,
+    runs ``forward`` and the metric update on every replica of ``strategy`` (the update with TensorFloat-32 off) and
+    returns ``(change of the metric's sums, examples used)``; a batch with shares under 4 examples is skipped
+    (``(None, 0)``). Every worker makes the same calls, so the collective operations match."""
     if not isinstance(dataset, tf.data.Dataset):
         raise TypeError(f"accumulate_cka: with a strategy, dataset must be a tf.data.Dataset, got "
                         f"{type(dataset).__name__}")
-    images_only = dataset.map(lambda *batch: _batch_images(batch[0] if len(batch) == 1 else batch))
+    images_only = dataset.map(lambda *batch: element_images(batch[0] if len(batch) == 1 else batch, "accumulate_cka"))
     expected = tuple(_single_input(model).shape[1:])
     found = tuple(images_only.element_spec.shape[1:])
     if len(found) != len(expected) or any(e is not None and f not in (None, e) for f, e in zip(found, expected)):
         raise ValueError(f"accumulate_cka: dataset images have shape [n, {', '.join(map(str, found))}], model "
                          f"{model.name!r} expects [n, {', '.join(map(str, expected))}]")
+    replicas = strategy.num_replicas_in_sync
+
+    def local_forward(images):
+        xs, ys = forward(images)
+        return xs, [] if ys is None else ys
 
     @tf.function(autograph=False)
-    def replica_update(images):
-        strategy.run(lambda local_images: metric.update_state(*forward(local_images)), args=(images,))
+    def replica_forward(images):
+        return strategy.run(local_forward, args=(images,))
+
+    @tf.function(autograph=False)
+    def replica_add(xs, ys):
+        strategy.run(lambda local_xs, local_ys: metric.update_state(list(local_xs), list(local_ys) or None),
+                     args=(xs, ys))
 
     def update(images):
-        before = [np.asarray(term) for term in _hsic_sums(metric)]
-        replica_update(images)
-        return [np.asarray(after) - previous for after, previous in zip(_hsic_sums(metric), before)]
+        share = int(images.shape[0]) // replicas
+        if share < 4:
+            return None, 0
 
-    return update, strategy.experimental_distribute_dataset(images_only)
+        def replica_share(context):
+            start = context.replica_id_in_sync_group * share
+            return images[start:start + share]
+
+        xs, ys = replica_forward(strategy.experimental_distribute_values_from_function(replica_share))
+        before = [np.asarray(term) for term in _hsic_sums(metric)]
+        with full_float32_precision():
+            replica_add(xs, ys)
+        return [np.asarray(after) - previous for after, previous in zip(_hsic_sums(metric), before)], share * replicas
+
+    return update, images_only
 
 
 def _hsic_sums(metric):
@@ -303,19 +352,6 @@ def _check_images(model, images, caller):
         raise ValueError(f"{caller}: images must have shape [n, {', '.join(map(str, expected[1:]))}] for model "
                          f"{model.name!r}, got {list(shape)}")
     return images
-
-
-def _batch_images(batch):
-    """The images of one dataset element: the tensor itself, the first of a tuple, or a dict's image entry."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("image", "images"):
-            if key in batch:
-                return batch[key]
-        raise ValueError(f"accumulate_cka: dataset elements are dicts without an 'image' or 'images' entry "
-                         f"(keys: {sorted(batch)})")
-    return batch
 
 
 def _preview(names, limit=12):

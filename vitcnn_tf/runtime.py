@@ -5,8 +5,7 @@ TensorFlow reads its environment once, when it is imported, so :func:`set_enviro
 
 * ``TF_CPP_MIN_LOG_LEVEL=2``: no C++ info / warning lines;
 * ``TF_ENABLE_ONEDNN_OPTS=1``: oneDNN kernels for matmuls and convolutions. TensorFlow enables them by default on
-  some CPUs only; on this project's reference machine (AMD EPYC, AVX2) they make a ViT-CPU/4 training step 1.8x
-  and a ResNetV2-CPU step 1.9x faster (see the README).
+  some CPUs only (not on AMD CPUs, for one), and they speed up the training steps of the CPU zoo.
 
 A variable the user has already set is left as it is.
 """

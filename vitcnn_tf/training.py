@@ -5,7 +5,7 @@ Output layout of ``fit(..., output_dir=d)``::
 
     d/model.weights.h5 | d/model.npz     final weights, written atomically: Keras ``save_weights`` format
                                          (``weights_format="keras"``, any Keras model) or the release ``.npz``
-                                         of ``vitcnn_tf.models.save_npz`` (``"npz"``, our ViT / ResNetV2 / Mixer)
+                                         of ``vitcnn_tf.models.save_npz`` (``"npz"``, vitcnn_tf ViT / ResNetV2 / Mixer)
     d/record.json                        config, data, seed, epochs, history, accuracies, wall time, and the
                                          weights file's name and sha256
     d/checkpoints/epoch_NNN.<same suffix>    with ``checkpoint_every=k``, after every k-th epoch
@@ -15,10 +15,8 @@ The record is written last, so a record whose ``weights_sha256`` matches the wei
 
 import dataclasses
 import datetime
-import hashlib
 import os
 import sys
-import tempfile
 import time
 
 import keras
@@ -26,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from vitcnn_tf import atomic_io
+from vitcnn_tf.atomic_io import sha256_file
 
 WEIGHTS_FILES = {"keras": "model.weights.h5", "npz": "model.npz"}
 RECORD_FILE = "record.json"
@@ -100,7 +99,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
     """Train ``model`` (logits output) on ``train_data`` and return the run's record (a JSON-able dict).
 
     The record's ``wall_time_seconds`` covers training and the final evaluations, ``cpu_seconds`` the process
-    CPU time over the same span (all cores; a contention-free measure of the work).
+    CPU time over the same span (summed over all cores).
 
     Args:
       model: a Keras model mapping images to logits ``[b, num_classes]``.
@@ -113,7 +112,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
       output_dir: where weights, record and checkpoints go (nothing is written when ``None``).
       record_extra: merged into the record (e.g. ``{"data": {...}, "recipe": {...}}``).
       checkpoint_every: save weights every this many epochs under ``output_dir/checkpoints`` (0: never).
-      weights_format: ``"keras"`` (``.weights.h5``) or ``"npz"`` (release format, our models only).
+      weights_format: ``"keras"`` (``.weights.h5``) or ``"npz"`` (release format, vitcnn_tf models only).
       validation_every: evaluate ``test_data`` after every this many epochs (its history is in the record); the
         default ``ceil(epochs / 3)`` keeps many short epochs (small data subsets) from costing more in
         evaluation than in training. The final test accuracy is measured after training in any case.
@@ -237,32 +236,12 @@ def load_weights(model, path, weights_format="keras"):
 
 
 def _save_keras_weights_atomic(model, path):
-    """``model.save_weights(path)`` through a temporary sibling file and ``os.replace``."""
+    """``model.save_weights(path)`` through :func:`vitcnn_tf.atomic_io.atomic_path`."""
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"save_weights: a Keras weights path must end in '.weights.h5', got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp.weights.h5")
-    os.close(fd)
-    try:
+    with atomic_io.atomic_path(path, suffix=".tmp.weights.h5") as tmp_path:
         model.save_weights(tmp_path, overwrite=True)
-        with open(tmp_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def sha256_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _num_batches(data, argument):

@@ -1,8 +1,8 @@
 """The CPU-scale model zoo: named training recipes whose trained weights are cached under a results directory.
 
-``get_model("vit")`` returns the trained model, training it on first use (about two minutes on a 2-core CPU)
-and loading it afterwards; :func:`train_recipes` trains several at once in single-threaded worker processes
-(:mod:`vitcnn_tf.parallel`), the fastest way to fill the zoo on a small machine. Each recipe lives in
+``get_model("vit")`` returns the trained model, training it on first use and loading it afterwards;
+:func:`train_recipes` trains several at once in single-threaded worker processes (:mod:`vitcnn_tf.parallel`).
+Models are built through the registry (``vitcnn_tf.models.get_model``) from the recipe's preset. Each recipe lives in
 ``<results_dir>/<recipe name>/``::
 
     model.npz      the weights in the release ``.npz`` format (``vitcnn_tf.models.save_npz``), written atomically
@@ -17,20 +17,21 @@ Recipes (:data:`RECIPES`), all on the embedded ``shapes10`` set: ``vit`` (CLS to
 average pooling), ``vit_noskip_early`` / ``_mid`` / ``_late`` (both skip connections of block 1 / 3 / 5
 removed, Section 6), ``resnet``, ``mixer``, ``vit_data{3,10,30}`` / ``resnet_data{3,10,30}``: the same
 recipes on nested stratified 3 / 10 / 30 % subsets of the training split (Section 8; 100 % is the plain
-recipe), and ``vit_seed1`` / ``resnet_seed1``: the plain recipes with seed 1, for intervals over seeds. Subset recipes train ``round(epochs / sqrt(fraction))`` epochs: more passes over less data, so that
-small subsets are not starved of optimisation steps (``sqrt(fraction)`` of the full run's steps and cost).
+recipe), and ``vit_seed1`` / ``resnet_seed1``: the plain recipes with seed 1, for intervals over seeds. Subset
+recipes train ``round(epochs / sqrt(fraction))`` epochs: more passes over less data, so that small subsets are
+not starved of optimisation steps (``sqrt(fraction)`` of the full run's steps and cost).
 """
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
 
 from vitcnn_tf import data as data_lib
-from vitcnn_tf import parallel, training
+from vitcnn_tf import atomic_io, parallel, training
 from vitcnn_tf.data import shapes
+from vitcnn_tf.models import registry
 from vitcnn_tf.training import TrainConfig
 
 ZOO_FORMAT = 2  # 2: training drops the last partial batch of each epoch
@@ -40,20 +41,18 @@ TRAIN_EVAL_EXAMPLES = 1000
 
 _LOG = logging.getLogger(__name__)
 
-# architecture -> (module, config class, model class); resolved lazily so that importing the zoo is cheap.
-ARCHITECTURES = {
-    "vit": ("vitcnn_tf.models.vit", "ViTConfig", "ViT"),
-    "resnet": ("vitcnn_tf.models.resnet_v2", "ResNetV2Config", "ResNetV2"),
-    "mixer": ("vitcnn_tf.models.mixer", "MixerConfig", "Mixer"),
-}
+# The model families of the registry: a recipe's ``architecture`` is the family of its ``preset``.
+ARCHITECTURES = tuple(family.name for family in registry.FAMILIES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Everything that determines a trained zoo model.
 
-    ``model_overrides`` are passed to ``XConfig.from_name(preset, image_size=..., num_classes=..., **overrides)``
-    (``num_classes`` comes from the dataset). Data fields are those of :func:`vitcnn_tf.data.load_dataset`.
+    ``architecture`` is the registry family of ``preset`` (``"vit"``, ``"resnet"``, ``"mixer"``);
+    ``model_overrides`` are passed to ``vitcnn_tf.models.get_model(preset, image_size=..., num_classes=...,
+    **overrides)`` (``num_classes`` comes from the dataset). Data fields are those of
+    :func:`vitcnn_tf.data.load_dataset`.
     """
 
     name: str
@@ -79,6 +78,10 @@ class Recipe:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"Recipe {self.name!r}: architecture must be one of {sorted(ARCHITECTURES)}, "
                              f"got {self.architecture!r}")
+        family = registry.family_of_preset(self.preset).name
+        if family != self.architecture:
+            raise ValueError(f"Recipe {self.name!r}: preset {self.preset!r} is a {family!r} model, not "
+                             f"architecture={self.architecture!r}")
         if self.augment not in data_lib.AUGMENTATIONS:
             raise ValueError(f"Recipe {self.name!r}: augment must be one of {data_lib.AUGMENTATIONS}, "
                              f"got {self.augment!r}")
@@ -107,7 +110,7 @@ class ZooEntry:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The recipes, aimed at about 15 minutes together on an idle 2-core CPU (measured times: see the README).
+# The recipes.
 
 _VIT = Recipe(
     name="vit", architecture="vit", preset="ViT-CPU/4",
@@ -184,12 +187,7 @@ def model_config(recipe, num_classes=None, data_dir=None):
     """The model config dataclass of ``recipe``: its preset with ``image_size``, the dataset's ``num_classes``
     and the recipe's overrides."""
     recipe = get_recipe(recipe)
-    if num_classes is None:
-        num_classes = data_lib.dataset_info(recipe.dataset, data_dir=data_dir).num_classes
-    module_name, config_name, _ = ARCHITECTURES[recipe.architecture]
-    config_class = getattr(importlib.import_module(module_name), config_name)
-    return config_class.from_name(
-        recipe.preset, **{"image_size": recipe.image_size, "num_classes": num_classes, **recipe.model_overrides})
+    return registry.model_config(recipe.preset, **_model_overrides(recipe, num_classes, data_dir))
 
 
 def build_model(recipe, num_classes=None, data_dir=None):
@@ -197,13 +195,21 @@ def build_model(recipe, num_classes=None, data_dir=None):
     import keras
 
     recipe = get_recipe(recipe)
-    config = model_config(recipe, num_classes, data_dir)
-    module_name, _, model_name = ARCHITECTURES[recipe.architecture]
+    overrides = _model_overrides(recipe, num_classes, data_dir)
     keras.utils.set_random_seed(recipe.seed)
-    return getattr(importlib.import_module(module_name), model_name)(config)
+    return registry.get_model(recipe.preset, **overrides)
+
+
+def _model_overrides(recipe, num_classes, data_dir):
+    """The config overrides of ``recipe``'s preset: ``image_size``, the dataset's ``num_classes`` and the
+    recipe's ``model_overrides``."""
+    if num_classes is None:
+        num_classes = data_lib.dataset_info(recipe.dataset, data_dir=data_dir).num_classes
+    return {"image_size": recipe.image_size, "num_classes": num_classes, **recipe.model_overrides}
 
 
 def recipe_dir(recipe, results_dir=DEFAULT_RESULTS_DIR):
+    """The cache folder of ``recipe``: ``<results_dir>/<recipe name>``."""
     return os.path.join(os.fspath(results_dir), get_recipe(recipe).name)
 
 
@@ -229,7 +235,7 @@ def cached_record(recipe, results_dir=DEFAULT_RESULTS_DIR):
         return None
     weights_path = os.path.join(folder, str(record.get("weights_file")))
     try:
-        digest = training.sha256_file(weights_path)
+        digest = atomic_io.sha256_file(weights_path)
     except OSError as error:
         _LOG.warning("zoo: %s: weights %s unreadable (%s); retraining", recipe.name, weights_path, error)
         return None
@@ -267,14 +273,14 @@ def get_model(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_di
                          verbose=verbose).model
 
 
-# Single-threaded training seconds per example on the reference machine (2-core AMD EPYC, oneDNN) and the fixed
+# Single-threaded training seconds per example on a 2-core AMD EPYC (AVX2, oneDNN) and the fixed
 # cost of a run (graph tracing, evaluations): scheduling estimates for train_recipes, longest first.
 SECONDS_PER_EXAMPLE = {"vit": 0.0029, "mixer": 0.0025, "resnet": 0.0066}
 FIXED_SECONDS = 20.0
 
 
 def estimated_seconds(recipe, data_dir=None, cache_dir=None):
-    """A rough single-threaded training time of ``recipe`` on a 2-core laptop-class CPU, for scheduling."""
+    """A rough single-threaded training time of ``recipe`` (see ``SECONDS_PER_EXAMPLE``), for scheduling."""
     recipe = get_recipe(recipe)
     examples = data_lib.split_size(recipe.dataset, recipe.train_split, fraction=recipe.fraction,
                                    num_examples=recipe.num_examples, subset_seed=recipe.subset_seed,
@@ -331,7 +337,7 @@ def _train(recipe, folder, data_dir, cache_dir, verbose):
     train_examples = data_lib.split_size(recipe.dataset, recipe.train_split, **subset, data_dir=data_dir,
                                          cache_dir=cache_dir)
     # Full batches only (the order is reshuffled every epoch, so every example is still seen): a last, smaller
-    # batch would make Keras trace the training step a second time, about 10 s per recipe on a 2-core CPU.
+    # batch would make Keras trace the training step a second time.
     train_data = data_lib.load_dataset(recipe.dataset, recipe.train_split, batch_size=recipe.batch_size,
                                        seed=recipe.seed, shuffle=True, augment=recipe.augment, **subset, **common,
                                        drop_remainder=train_examples >= recipe.batch_size)

@@ -7,6 +7,7 @@ patch-to-patch attention counts. A local head has a small mean distance, a globa
 
 import numpy as np
 
+from vitcnn_tf import grids
 from vitcnn_tf.analysis import tokens as token_layout
 
 # Examples converted to float64 at a time (bounds the temporary copy; ViT-B/16: 12 x 196 x 196 floats each).
@@ -37,7 +38,8 @@ def _check_attention(attention, patch_size, num_prefix_tokens):
     if not np.isscalar(patch_size) or not patch_size > 0:
         raise ValueError(f"patch_size: expected a positive number, got {patch_size!r}")
     prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, num_queries, "attention")
-    side = token_layout.grid_side(num_queries - prefix, f"attention of shape {attention.shape}")
+    side = grids.square_side(num_queries - prefix,
+                             f"attention of shape {attention.shape} without its {prefix} prefix tokens")
     token_layout.check_finite(attention, "attention")
     if np.any(attention < 0):
         raise ValueError(f"attention: negative weights (min {attention.min():.3g}); expected probabilities >= 0")

@@ -2,7 +2,8 @@
 
 For each token ``t`` (its ``[n, d]`` representation over ``n`` images) and each non-overlapping input patch ``p``
 (its ``[n, patch_size * patch_size * C]`` pixels), ``CKA[t, p]`` is the linear CKA over the examples (biased
-HSIC, as ``vitcnn_tf.metrics.reference.linear_cka``). A well-localized token is most similar to its own patch.
+HSIC, as ``vitcnn_tf.metrics.reference.linear_cka``, whose degeneracy rule ``reference.cka_from_hsic`` applies to
+every pair). A well-localized token is most similar to its own patch.
 
 A ResNet "token" is all the channels at one spatial position of a stage output ``[n, h, w, c]``; pass the map
 as it is (positions are taken row-major) and use ``region_mask`` to map each position to the input patches its
@@ -14,6 +15,7 @@ import warnings
 import numpy as np
 
 from vitcnn_tf.analysis import tokens as token_layout
+from vitcnn_tf.metrics import reference
 
 # Upper bound on the bytes of the float64 intermediate blocks held at once (cross-covariances or Gram matrices).
 DEFAULT_MAX_BYTES = 2**28
@@ -34,13 +36,6 @@ def image_patches(images, patch_size):
     grid_h, grid_w = height // patch_size, width // patch_size
     patches = images.reshape(n, grid_h, patch_size, grid_w, patch_size, channels).transpose(0, 1, 3, 2, 4, 5)
     return patches.reshape(n, grid_h * grid_w, patch_size * patch_size * channels)
-
-
-def _center(features):
-    """``[n, k, f]`` -> (features centred over the examples, ``[k]`` bool: the representation varies over the
-    examples; one that is identical for every example is flagged exactly rather than through rounding noise)."""
-    varies = ~np.all(features == features[:1], axis=(0, 2))
-    return features - features.mean(axis=0, keepdims=True), varies
 
 
 def _self_norms(centered):
@@ -133,20 +128,21 @@ def token_patch_cka(tokens, images, patch_size, num_prefix_tokens=0, method="aut
     token_layout.check_finite(tokens, "tokens")
     token_layout.check_finite(patches, "images")
 
-    tokens, token_varies = _center(tokens)
-    patches, patch_varies = _center(patches)
+    tokens = tokens - tokens.mean(axis=0, keepdims=True)
+    patches = patches - patches.mean(axis=0, keepdims=True)
     if method == "auto":
         method = _cheaper_method(n, tokens.shape[1], tokens.shape[2], patches.shape[1], patches.shape[2], max_bytes)
     compute = _cka_features if method == "features" else _cka_grams
     cross, token_norms, patch_norms = compute(tokens, patches, max_bytes)
-    token_defined, patch_defined = token_varies & (token_norms > 0), patch_varies & (patch_norms > 0)
-    defined = np.outer(token_defined, patch_defined)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cka = np.where(defined, cross / np.outer(token_norms, patch_norms), np.nan)
-    if not defined.all():
+    # Biased HSIC up to the common factor 1 / (n - 1)^2: HSIC(K_t, K_t) = ||K_t||_F^2, which is also the scale of
+    # the degeneracy rule since K_t is the Gram matrix of centred features.
+    token_self, patch_self = np.square(token_norms), np.square(patch_norms)
+    cka, constant_tokens, constant_patches = reference.cka_from_hsic(cross, token_self, patch_self, token_self,
+                                                                     patch_self)
+    if constant_tokens.any() or constant_patches.any():
         warnings.warn(
-            f"token_patch_cka: tokens {np.flatnonzero(~token_defined).tolist()} and patches "
-            f"{np.flatnonzero(~patch_defined).tolist()} are constant over the examples; their CKA is undefined "
+            f"token_patch_cka: tokens {np.flatnonzero(constant_tokens).tolist()} and patches "
+            f"{np.flatnonzero(constant_patches).tolist()} are constant over the examples; their CKA is undefined "
             "(NaN)",
             RuntimeWarning,
             stacklevel=2,

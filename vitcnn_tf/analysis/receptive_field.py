@@ -11,7 +11,7 @@ over the input's colour channels. The centre location is the pixel ``(h // 2, w 
 import numpy as np
 import tensorflow as tf
 
-from vitcnn_tf import representations
+from vitcnn_tf import grids, representations
 from vitcnn_tf.analysis import tokens as token_layout
 
 
@@ -20,7 +20,8 @@ def centre_index(output_shape, num_prefix_tokens):
     ``[n, T, d]`` token sequence (``(num_prefix_tokens + (g // 2) * g + g // 2,)`` on the ``g x g`` patch grid)."""
     if len(output_shape) == 4:
         return (output_shape[1] // 2, output_shape[2] // 2)
-    side = token_layout.grid_side(output_shape[1] - num_prefix_tokens, f"tokens of shape {tuple(output_shape)}")
+    side = grids.square_side(output_shape[1] - num_prefix_tokens,
+                             f"tokens of shape {tuple(output_shape)} without {num_prefix_tokens} prefix tokens")
     return (num_prefix_tokens + (side // 2) * side + side // 2,)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from vitcnn_tf import representations
 from vitcnn_tf.analysis import tokens as token_layout
+from vitcnn_tf.data import elements
 
 
 def residual_units_from_names(layer_names):
@@ -146,9 +147,7 @@ def _image_batches(images_or_dataset, batch_size):
             yield images[start : start + batch_size]
         return
     for element in images_or_dataset:
-        if isinstance(element, dict):
-            element = element["image"] if "image" in element else element["images"]
-        yield element[0] if isinstance(element, (tuple, list)) else element
+        yield elements.element_images(element, "images")
 
 
 def norm_ratios(model, images, batch_size=64, num_prefix_tokens=None):

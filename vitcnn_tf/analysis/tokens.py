@@ -1,13 +1,14 @@
 """Token layout shared by the analyses: array conversion, prefix (CLS) tokens and the square patch grid.
 
 A token sequence ``[n, T, d]`` holds ``num_prefix_tokens`` prefix tokens (the CLS token of a ``"token"``
-classifier ViT) followed by ``P = g * g`` patch tokens in row-major order on a ``g x g`` grid.
+classifier ViT) followed by ``P = g * g`` patch tokens in row-major order on a ``g x g`` grid (its side:
+``vitcnn_tf.grids.square_side``).
 """
-
-import math
 
 import numpy as np
 import tensorflow as tf
+
+from vitcnn_tf import grids
 
 
 def as_array(array):
@@ -34,17 +35,6 @@ def check_finite(array, name):
         raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) in an array of shape {array.shape}")
 
 
-def grid_side(num_patch_tokens, name="tokens"):
-    """Side ``g`` of the square grid holding ``num_patch_tokens = g * g`` patch tokens; error otherwise."""
-    side = math.isqrt(num_patch_tokens) if num_patch_tokens > 0 else 0
-    if num_patch_tokens <= 0 or side * side != num_patch_tokens:
-        raise ValueError(
-            f"{name}: {num_patch_tokens} patch tokens (after removing the prefix tokens) do not form a "
-            f"non-empty square grid; expected g * g tokens"
-        )
-    return side
-
-
 def check_num_prefix_tokens(num_prefix_tokens, num_tokens, name):
     """Validate ``0 <= num_prefix_tokens < num_tokens`` (an int)."""
     if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, (int, np.integer)):
@@ -56,19 +46,19 @@ def check_num_prefix_tokens(num_prefix_tokens, num_tokens, name):
     return int(num_prefix_tokens)
 
 
-def infer_num_prefix_tokens(model, num_tokens):
+def infer_num_prefix_tokens(model, num_tokens=None):
     """Number of prefix tokens in a ``[n, num_tokens, d]`` tap of ``model``.
 
     ``model.config.num_prefix_tokens`` is used when present (our ViT: 1 with the CLS token, 0 for GAP); a model with
     another ``config`` (Mixer, ResNetV2) has none. Otherwise the count is 0 if ``num_tokens`` is a perfect square and
-    1 if ``num_tokens - 1`` is; anything else raises and asks for ``num_prefix_tokens`` explicitly.
+    1 if ``num_tokens - 1`` is; anything else (or no ``num_tokens``) raises and asks for ``num_prefix_tokens``
+    explicitly.
     """
     config = getattr(model, "config", None)
     if config is not None:
         return int(getattr(config, "num_prefix_tokens", 0))
-    for candidate in (0, 1):
-        remaining = num_tokens - candidate
-        if remaining > 0 and math.isqrt(remaining) ** 2 == remaining:
+    for candidate in (0, 1) if num_tokens is not None else ():
+        if grids.is_square(num_tokens - candidate):
             return candidate
     raise ValueError(
         f"cannot infer the number of prefix tokens of a {num_tokens}-token representation of model "

@@ -13,10 +13,17 @@ point. Names:
   passed through (``download=False``, the default, never touches the network).
 
 ``fraction`` / ``num_examples`` take a deterministic stratified subset of the split; subsets with the same
-``subset_seed`` are nested (3% inside 10% inside 30%), see :mod:`vitcnn_tf.data.subsets`.
+``subset_seed`` are nested (3% inside 10% inside 30%), see :mod:`vitcnn_tf.data.subsets`. ``num_examples`` is
+class-balanced: every class gets its proportional share up to one example, so 5,000 images of ImageNet's
+``validation`` split (1,000 classes of 50) are exactly 5 per class, and 1,000 are 1 per class.
+
+``evaluation_split(name)`` is the labelled held-out split the experiments use (``validation`` for
+``imagenet2012``, else ``test``); ``check_split(name, split)`` checks that it exists and that every label is a
+class index (an unlabelled split, labels -1, is an error naming it).
 """
 
-from vitcnn_tf.data.pipeline import AUGMENTATIONS, DEFAULT_DATASET, dataset_info, load_dataset, split_size
+from vitcnn_tf.data.pipeline import (AUGMENTATIONS, DEFAULT_DATASET, check_split, dataset_info, evaluation_split,
+                                     load_dataset, split_size)
 from vitcnn_tf.data.preprocessing import augment, to_model_input
 from vitcnn_tf.data.shapes import generate_shapes10
 from vitcnn_tf.data.sources import EMBEDDED_DATASETS, IMAGE_FOLDER, DatasetInfo, default_cache_dir
@@ -29,7 +36,9 @@ __all__ = [
     "IMAGE_FOLDER",
     "DatasetInfo",
     "augment",
+    "check_split",
     "dataset_info",
+    "evaluation_split",
     "default_cache_dir",
     "generate_shapes10",
     "load_dataset",

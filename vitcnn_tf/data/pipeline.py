@@ -11,11 +11,15 @@ from vitcnn_tf.data.subsets import stratified_subset_indices
 
 DEFAULT_DATASET = "shapes10"
 AUGMENTATIONS = (None, "translate", "translate_flip")
+DEFAULT_EVALUATION_SPLIT = "test"
+# Datasets whose labelled held-out split is not "test": tfds imagenet2012 has train and validation (its optional
+# test split is unlabelled, every label -1).
+EVALUATION_SPLITS = {"imagenet2012": "validation"}
 
 
 def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_size=32, seed=0, shuffle=None,
                  augment=None, fraction=None, num_examples=None, subset_seed=0, data_dir=None, download=False,
-                 cache_dir=None, drop_remainder=False, shuffle_buffer=50_000):
+                 cache_dir=None, drop_remainder=False, shuffle_buffer=50_000, examples_per_class=None):
     """Batches ``(images float32 [b, image_size, image_size, 3] in [-1, 1], labels int64 [b])`` of one split.
 
     Args:
@@ -31,8 +35,10 @@ def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_s
       shuffle: reshuffle every epoch; default ``None`` shuffles splits whose name starts with ``"train"``.
       augment: ``None``, ``"translate"`` (reflect-pad by size/8, random crop) or ``"translate_flip"`` (and random
         horizontal flips); for training only.
-      fraction / num_examples: keep a stratified subset of the split (see :mod:`vitcnn_tf.data.subsets`); subsets
-        with the same ``subset_seed`` are nested.
+      fraction / num_examples / examples_per_class: keep a stratified subset of the split (at most one; see
+        :mod:`vitcnn_tf.data.subsets`; ``examples_per_class`` gives every class exactly that many); subsets with
+        the same ``subset_seed`` are nested. The labels are checked first: a label outside ``[0, num_classes)``
+        (tfds marks unlabelled examples -1) is an error naming the dataset and split.
       data_dir, download: passed to tensorflow-datasets (``download=False`` never touches the network).
       cache_dir: where generated data and label scans are cached (default :func:`default_cache_dir`).
       drop_remainder: drop a last partial batch.
@@ -45,7 +51,7 @@ def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_s
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     source = open_source(name, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    indices = _subset_indices(source, name, split, fraction, num_examples, subset_seed)
+    indices = _subset_indices(source, name, split, fraction, num_examples, subset_seed, examples_per_class)
     if shuffle is None:
         shuffle = split.startswith("train")
     if source.in_memory:
@@ -66,11 +72,27 @@ def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_s
 
 
 def split_size(name=DEFAULT_DATASET, split="train", *, fraction=None, num_examples=None, subset_seed=0,
-               data_dir=None, download=False, cache_dir=None):
+               data_dir=None, download=False, cache_dir=None, examples_per_class=None):
     """Number of examples :func:`load_dataset` yields for these arguments (the subset size if one is asked)."""
     source = open_source(name, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    indices = _subset_indices(source, name, split, fraction, num_examples, subset_seed)
+    indices = _subset_indices(source, name, split, fraction, num_examples, subset_seed, examples_per_class)
     return source.num_examples(split) if indices is None else int(indices.size)
+
+
+def evaluation_split(name):
+    """The labelled held-out split the experiments evaluate on: ``"validation"`` for ``imagenet2012`` (also
+    ``"imagenet2012/<config>"``), ``"test"`` for every other dataset (``EVALUATION_SPLITS``)."""
+    return EVALUATION_SPLITS.get(str(name).split("/")[0].split(":")[0], DEFAULT_EVALUATION_SPLIT)
+
+
+def check_split(name=DEFAULT_DATASET, split="test", *, data_dir=None, download=False, cache_dir=None):
+    """Checks that dataset ``name`` exists, has ``split`` and that every label of the split is a class index in
+    ``[0, num_classes)`` (labels are read without decoding images, and cached); returns its
+    :class:`~vitcnn_tf.data.DatasetInfo`. Raises ValueError / FileNotFoundError naming the dataset and the split."""
+    source = open_source(name, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    source.num_examples(split)
+    _checked_labels(source, name, split)
+    return source.info
 
 
 def dataset_info(name=DEFAULT_DATASET, *, data_dir=None, download=False, cache_dir=None):
@@ -83,17 +105,34 @@ def _check_positive_int(argument, value):
         raise ValueError(f"{argument} must be a positive integer, got {value!r}")
 
 
-def _subset_indices(source, name, split, fraction, num_examples, subset_seed):
-    """Indices of the stratified subset, or ``None`` for the whole split."""
+def _subset_indices(source, name, split, fraction, num_examples, subset_seed, examples_per_class=None):
+    """Indices of the stratified subset, or ``None`` for the whole split (its labels checked all the same)."""
     split_size = source.num_examples(split)
-    if fraction is None and num_examples is None:
+    if fraction is None and num_examples is None and examples_per_class is None:
+        if not source.in_memory:
+            _checked_labels(source, name, split)
         return None
     if isinstance(num_examples, (int, np.integer)) and not isinstance(num_examples, bool) \
             and num_examples > split_size:
         raise ValueError(f"num_examples={num_examples} is larger than split {split!r} of {name!r} "
                          f"({split_size} examples)")
-    return stratified_subset_indices(source.labels(split), fraction=fraction, num_examples=num_examples,
-                                     subset_seed=subset_seed)
+    return stratified_subset_indices(_checked_labels(source, name, split), fraction=fraction,
+                                     num_examples=num_examples, subset_seed=subset_seed,
+                                     examples_per_class=examples_per_class)
+
+
+def _checked_labels(source, name, split):
+    """The labels ``[n]`` of ``split``; ValueError naming the dataset and split when one is outside
+    ``[0, num_classes)`` (tfds marks unlabelled examples with -1, e.g. imagenet2012's test split)."""
+    labels = np.asarray(source.labels(split))
+    num_classes = source.info.num_classes
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"dataset {name!r} split {split!r}: {bad.size} of {labels.size} labels are not class indices in "
+            f"[0, {num_classes}) (first: example {bad[0]} has label {labels[bad[0]]}); a split labelled -1 is "
+            f"unlabelled: evaluate on a labelled split (for imagenet2012: 'validation')")
+    return labels
 
 
 def _in_memory_examples(source, split, indices, seed, shuffle):

@@ -156,10 +156,13 @@ def _tfds_builder(name, data_dir, download):
             f"data_dir={data_dir!r} is found by its name too)") from error
     if not builder.is_prepared():
         if not download:
+            manual = (" (imagenet2012 is prepared from manual files: put ILSVRC2012_img_train.tar and "
+                      "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual, then run tfds.builder('imagenet2012', "
+                      "data_dir=<data_dir>).download_and_prepare())" if name.split("/")[0] == "imagenet2012" else "")
             raise FileNotFoundError(
                 f"tensorflow-datasets dataset {name!r} is not prepared in data_dir={os.fspath(builder.data_dir)!r}; "
                 f"pass download=True to download and prepare it (needs the network or manual files), or point "
-                f"data_dir at a folder where it is prepared")
+                f"data_dir at a folder where it is prepared{manual}")
         builder.download_and_prepare()
     return builder
 

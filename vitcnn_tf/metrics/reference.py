@@ -43,18 +43,26 @@ def gram_linear(x):
     return x @ x.T
 
 
-def gram_rbf(x, threshold=1.0):
+MEDIANS = ("all", "off_diagonal")
+
+
+def gram_rbf(x, threshold=1.0, median="all"):
     """RBF kernel ``exp(-D / (2 * threshold**2 * median(D)))``: ``x`` ``[n, ...]`` -> ``[n, n]``.
 
-    ``D`` holds the squared Euclidean distances between examples; the median is over the off-diagonal entries.
+    ``D`` holds the squared Euclidean distances between examples. ``median="all"`` takes the median over all
+    ``n * n`` entries of ``D``, its zero diagonal included: the convention of Kornblith et al.'s canonical
+    implementation. ``median="off_diagonal"`` leaves the diagonal out.
     """
+    if median not in MEDIANS:
+        raise ValueError(f"gram_rbf: median must be one of {MEDIANS}, got {median!r}")
     x = _features(x, "x", "gram_rbf")
     if x.shape[0] < 2:
         raise ValueError(f"gram_rbf: x needs at least 2 examples for a median distance, got shape {x.shape}")
     if not np.isfinite(threshold) or threshold <= 0:
         raise ValueError(f"gram_rbf: threshold must be a positive number, got {threshold!r}")
     distances = _squared_distances(x)
-    median = np.median(distances[~np.eye(x.shape[0], dtype=bool)])
+    entries = distances if median == "all" else distances[~np.eye(x.shape[0], dtype=bool)]
+    median = np.median(entries)
     if median <= 0:
         raise ValueError("gram_rbf: the median squared distance between examples of x is 0 (most examples are "
                          "identical); expected distinct examples")
@@ -162,13 +170,27 @@ def minibatch_cka(batches_x, batches_y=None):
         self_y += [_hsic_centred(u, u, unbiased=True) for u in u_y]
         scale_x += [np.sum(k * k) / (n * (n - 3)) for k in grams_x]
         scale_y += [np.sum(k * k) / (n * (n - 3)) for k in grams_y]
+    value, degenerate_x, degenerate_y = cka_from_hsic(cross, self_x, self_y, scale_x, scale_y)
+    _warn_degenerate("minibatch_cka", degenerate_x, degenerate_y, batches_y is None)
+    return value
+
+
+def cka_from_hsic(cross, self_x, self_y, scale_x, scale_y):
+    """CKA of every pair from HSIC terms -> ``(cka [Lx, Ly], degenerate_x [Lx], degenerate_y [Ly])``.
+
+    ``cross[i, j] = HSIC(K_i, L_j)``, ``self_x[i] = HSIC(K_i, K_i)``, ``self_y[j] = HSIC(L_j, L_j)``, and
+    ``scale_x`` / ``scale_y`` the squared Frobenius norms of the Gram matrices of the centred features, on the
+    same normalisation. A representation is degenerate (constant over the examples) when its self-HSIC is at most
+    ``degeneracy_rtol(float64)`` times its scale; its row / column is NaN. ``cka = cross / sqrt(self_x self_y)``.
+    """
+    cross, self_x, self_y, scale_x, scale_y = (np.asarray(a, np.float64)
+                                               for a in (cross, self_x, self_y, scale_x, scale_y))
     rtol = degeneracy_rtol(np.float64)
     degenerate_x, degenerate_y = self_x <= rtol * scale_x, self_y <= rtol * scale_y
-    _warn_degenerate("minibatch_cka", degenerate_x, degenerate_y, batches_y is None)
     with np.errstate(invalid="ignore"):
         denominator = np.sqrt(np.where(degenerate_x, np.nan, self_x)[:, None]
                               * np.where(degenerate_y, np.nan, self_y)[None, :])
-    return cross / denominator
+    return cross / denominator, degenerate_x, degenerate_y
 
 
 def _features(x, name, caller):

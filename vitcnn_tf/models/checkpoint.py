@@ -1,38 +1,40 @@
 """Loading and saving the published ``.npz`` checkpoints (vit_jax ViT and Mixer, BiT ResNetV2).
 
-Generic over the model protocol: ``model.checkpoint_variables()`` maps every release key to a variable of the
-release shape, ``model.checkpoint_head_keys`` names the classifier head, and
-``model.adapt_checkpoint_array(key, array)`` adapts an array first (ViT resamples position embeddings).
+Generic over the model protocol of ``vitcnn_tf.models.base``: ``model.checkpoint_variables()`` (from the
+family's ``checkpoint_layout()`` table) maps every release key to a variable of the release shape,
+``model.checkpoint_head_keys`` names the classifier head, and ``model.adapt_checkpoint_array(key, array)``
+adapts an array first (ViT resamples position embeddings).
 """
 
+import dataclasses
+import os
 import warnings
 
 import numpy as np
 
 from vitcnn_tf import atomic_io
 
+# Keys listed per kind of mismatch in a load_npz error; the rest are counted.
+MAX_LISTED_KEYS = 8
+
 
 def load_npz(model, path):
     """Loads the ``.npz`` checkpoint at ``path`` into ``model`` (all variables, or none on error).
 
-    Raises ``ValueError`` naming the keys (and both shapes) of missing, unexpected or mis-shaped arrays, and
-    the file for a pickled (object) array. Head arrays (``model.checkpoint_head_keys``) whose shape differs,
-    i.e. another class count, are skipped with a warning, keeping the model's fresh head. Arrays are cast to
-    the variable dtype. Returns ``model``.
+    Raises ``ValueError`` naming the file, the model and the keys (with both shapes) of missing, unexpected or
+    mis-shaped arrays, at most ``MAX_LISTED_KEYS`` of each kind (then how many more), and the file for a pickled
+    (object) array. Head arrays (``model.checkpoint_head_keys``) whose shape differs, i.e. another class count,
+    are skipped with a warning, keeping the model's fresh head. Arrays are cast to the variable dtype. Returns
+    ``model``.
     """
+    path = os.fspath(path)
     variables = model.checkpoint_variables()
     arrays = _read_npz(path)
-    missing = sorted(set(variables) - set(arrays))
-    unexpected = sorted(set(arrays) - set(variables))
-    if missing or unexpected:
-        raise ValueError(
-            f"load_npz: {path} does not match {type(model).__name__}'s checkpoint keys:\n"
-            + _describe_keys("missing from the checkpoint", missing, lambda key: tuple(variables[key].shape))
-            + _describe_keys("unexpected in the checkpoint", unexpected, lambda key: arrays[key].shape)
-        )
     head_keys = set(model.checkpoint_head_keys)
     to_assign, skipped_head, mismatched = {}, [], []
     for key, variable in variables.items():
+        if key not in arrays:
+            continue
         try:
             array = model.adapt_checkpoint_array(key, arrays[key])
         except ValueError as error:
@@ -46,9 +48,18 @@ def load_npz(model, path):
         elif key in head_keys:
             skipped_head.append(f"{key!r}: checkpoint {array.shape} vs model {expected}")
         else:
-            mismatched.append(f"  {key!r}: checkpoint shape {array.shape}, model expects {expected}")
-    if mismatched:
-        raise ValueError(f"load_npz: {path} has arrays of the wrong shape:\n" + "\n".join(mismatched))
+            mismatched.append(key)
+    missing = sorted(set(variables) - set(arrays))
+    unexpected = sorted(set(arrays) - set(variables))
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"load_npz: {path} does not fit the {type(model).__name__} {model.name!r} ({_describe_config(model)}):\n"
+            + _describe_keys("of the wrong shape", mismatched, lambda key: f": checkpoint shape {arrays[key].shape}, "
+                                                                       f"model expects {tuple(variables[key].shape)}")
+            + _describe_keys("missing from the checkpoint", missing, lambda key: f" {tuple(variables[key].shape)}")
+            + _describe_keys("unexpected in the checkpoint", unexpected, lambda key: f" {arrays[key].shape}")
+            + "  Is it the checkpoint of another model, or do the config overrides differ from the release?"
+        )
     if skipped_head:
         for key in head_keys:
             to_assign.pop(key, None)
@@ -89,7 +100,20 @@ def _read_npz(path):
     return arrays
 
 
-def _describe_keys(what, keys, shape_of):
+def _describe_keys(what, keys, shapes_of):
+    """One line per key (at most ``MAX_LISTED_KEYS``) with its shapes, under a count of ``what``."""
     if not keys:
         return ""
-    return f"  {len(keys)} {what}: " + ", ".join(f"{key!r} {shape_of(key)}" for key in keys) + "\n"
+    lines = [f"  {len(keys)} {what}:"]
+    lines += [f"    {key!r}{shapes_of(key)}" for key in keys[:MAX_LISTED_KEYS]]
+    if len(keys) > MAX_LISTED_KEYS:
+        lines.append(f"    ... and {len(keys) - MAX_LISTED_KEYS} more")
+    return "\n".join(lines) + "\n"
+
+
+def _describe_config(model):
+    """The model's config as ``field=value`` pairs, or ``"no config"``."""
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config):
+        return "no config"
+    return ", ".join(f"{field.name}={getattr(config, field.name)!r}" for field in dataclasses.fields(config))

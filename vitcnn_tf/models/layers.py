@@ -1,19 +1,14 @@
-"""Keras layers and graph-building helpers shared by the ViT and MLP-Mixer models.
+"""Keras layers and functional graph helpers shared by the ViT and MLP-Mixer models.
 
 Every layer creates its variables with exactly the shapes of the published vit_jax checkpoints, so that a
 checkpoint array can be assigned to its variable without reshaping. Shapes: ``n`` examples, ``T`` tokens,
 ``D`` hidden size, ``H`` heads, ``dh = D / H`` the head size.
 """
 
-import contextlib
-import dataclasses
 import math
-import types
 
 import keras
-import numpy as np
 from keras import ops
-from keras.src.backend.common import global_state
 
 _PACKAGE = "vitcnn_tf"
 
@@ -177,94 +172,3 @@ def residual(skip, branch, name, keep_skip=True):
     if keep_skip:
         return keras.layers.Add(name=f"{name}_add")([skip, branch])
     return keras.layers.Identity(name=f"{name}_no_skip")(branch)
-
-
-def require_positive_int(owner, field, value):
-    """Raises ``ValueError`` naming ``owner.field`` unless ``value`` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{owner}: {field} must be a positive integer, got {value!r}")
-
-
-def config_from_preset(config_class, presets, name, overrides):
-    """``config_class(**presets[name], **overrides)`` with clear errors for unknown names and fields."""
-    owner = f"{config_class.__name__}.from_name"
-    if name not in presets:
-        raise ValueError(f"{owner}: unknown preset {name!r}; known presets: {list(presets)}")
-    fields = [field.name for field in dataclasses.fields(config_class)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise TypeError(f"{owner}: unknown config fields {unknown}; fields are {fields}")
-    return config_class(**{**presets[name], **overrides})
-
-
-def dense_checkpoint_variables(layer, key):
-    """{``key/kernel``, ``key/bias``} -> the kernel and bias of a Dense or Conv2D layer."""
-    return {f"{key}/kernel": layer.kernel, f"{key}/bias": layer.bias}
-
-
-def layer_norm_checkpoint_variables(layer, key):
-    """{``key/scale``, ``key/bias``} -> the scale and bias of a LayerNormalization layer."""
-    return {f"{key}/scale": layer.gamma, f"{key}/bias": layer.beta}
-
-
-class TappedModel(keras.Model):
-    """Base of the functional models: a config dataclass, ordered taps and the checkpoint protocol defaults.
-
-    Subclasses set ``config_class``, build the graph from ``inputs`` and call
-    ``super().__init__(config, inputs, taps)`` with ``taps`` an ordered dict ending with ``"logits"``.
-    """
-
-    config_class = None
-
-    def __init__(self, config, inputs, taps, **kwargs):
-        super().__init__(inputs=inputs, outputs=taps["logits"], **kwargs)
-        self.config = config
-        self._taps = types.MappingProxyType(taps)
-
-    @classmethod
-    def coerce_config(cls, config):
-        """``config`` as a ``cls.config_class`` (a dict of its fields is accepted, as in ``from_config``)."""
-        if isinstance(config, dict):
-            config = cls.config_class(**config)
-        if not isinstance(config, cls.config_class):
-            raise TypeError(f"{cls.__name__}: config must be a {cls.config_class.__name__} or a dict of its "
-                            f"fields, got {type(config).__name__}")
-        return config
-
-    @property
-    def taps(self):
-        """Ordered dict {tap name -> symbolic tensor of the graph}, in forward order."""
-        return dict(self._taps)
-
-    @property
-    def checkpoint_head_keys(self):
-        """Release keys of the classifier head (skipped with a warning on a class-count mismatch)."""
-        return ("head/kernel", "head/bias")
-
-    def adapt_checkpoint_array(self, key, array):
-        """Adapts a checkpoint array to this model before its shape is checked; identity by default."""
-        return array
-
-    def get_config(self):
-        return {"config": dataclasses.asdict(self.config), "name": self.name, "trainable": self.trainable}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(config.pop("config"), **config)
-
-
-@contextlib.contextmanager
-def deferred_variables():
-    """Builds models whose variables have shapes but no values: no memory, for counting parameters.
-
-    Inside, Keras defers variable initialisation (``keras.StatelessScope``); on exit the deferred variables are
-    dropped from Keras' list of pending initialisations, so they are never allocated. A model built inside has
-    correct ``weights`` shapes (``count_params()``) but cannot be run or loaded.
-    """
-    pending = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
-    try:
-        with keras.StatelessScope(initialize_variables=False):
-            yield
-    finally:
-        global_state.set_global_attribute("uninitialized_variables", pending)

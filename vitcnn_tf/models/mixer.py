@@ -28,6 +28,8 @@ import dataclasses
 
 import keras
 
+from vitcnn_tf.models import base, checkpoint_keys
+from vitcnn_tf.models import config as config_lib
 from vitcnn_tf.models import layers as vit_layers
 
 _LAYER_NORM_EPSILON = 1e-6
@@ -56,7 +58,7 @@ class MixerConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            vit_layers.require_positive_int("MixerConfig", field.name, getattr(self, field.name))
+            config_lib.require_positive_int("MixerConfig", field.name, getattr(self, field.name))
         if self.image_size % self.patch_size:
             raise ValueError(f"MixerConfig: image_size={self.image_size} is not divisible by "
                              f"patch_size={self.patch_size}")
@@ -64,7 +66,7 @@ class MixerConfig:
     @classmethod
     def from_name(cls, name, **overrides):
         """The preset ``name`` (one of ``MIXER_PRESETS``) with fields replaced by ``overrides``."""
-        return vit_layers.config_from_preset(cls, MIXER_PRESETS, name, overrides)
+        return config_lib.config_from_preset(cls, MIXER_PRESETS, name, overrides)
 
     @property
     def num_tokens(self):
@@ -73,7 +75,7 @@ class MixerConfig:
 
 
 @keras.saving.register_keras_serializable(package="vitcnn_tf")
-class Mixer(vit_layers.TappedModel):
+class Mixer(base.TappedModel):
     """MLP-Mixer; ``model(images [n, S, S, 3] in [-1, 1]) -> logits [n, num_classes]``.
 
     ``config`` is a ``MixerConfig`` (or its dict). See the module docstring for ``model.taps``.
@@ -98,22 +100,20 @@ class Mixer(vit_layers.TappedModel):
             previous = f"{prefix}/+channel_mixing"
         return units
 
-    def checkpoint_variables(self):
-        """{Mixer release ``.npz`` key -> variable}; each variable has the release array's shape."""
-        dense, layer_norm = vit_layers.dense_checkpoint_variables, vit_layers.layer_norm_checkpoint_variables
-        variables = dense(self.get_layer("stem"), "stem")
+    def checkpoint_layout(self):
+        """The Mixer release table: ``[(.npz key, layer name, weight attribute)]``."""
+        rows = checkpoint_keys.dense_keys("stem", "stem")
         for block in range(self.config.num_blocks):
             key = f"MixerBlock_{block}"
             name = f"block{block:02d}"
-            variables.update(layer_norm(self.get_layer(f"{name}_ln1"), f"{key}/LayerNorm_0"))
-            variables.update(layer_norm(self.get_layer(f"{name}_ln2"), f"{key}/LayerNorm_1"))
+            rows += checkpoint_keys.layer_norm_keys(f"{key}/LayerNorm_0", f"{name}_ln1")
+            rows += checkpoint_keys.layer_norm_keys(f"{key}/LayerNorm_1", f"{name}_ln2")
             for branch in ("token_mixing", "channel_mixing"):
                 for index in (0, 1):
-                    variables.update(dense(self.get_layer(f"{name}_{branch}_dense{index}"),
-                                           f"{key}/{branch}/Dense_{index}"))
-        variables.update(layer_norm(self.get_layer("encoder_norm"), "pre_head_layer_norm"))
-        variables.update(dense(self.get_layer("head"), "head"))
-        return variables
+                    rows += checkpoint_keys.dense_keys(f"{key}/{branch}/Dense_{index}", f"{name}_{branch}_dense{index}")
+        rows += checkpoint_keys.layer_norm_keys("pre_head_layer_norm", "encoder_norm")
+        rows += checkpoint_keys.dense_keys("head", "head")
+        return rows
 
 
 def _build_graph(images, config):

@@ -25,7 +25,8 @@ import numbers
 import keras
 from keras import ops
 
-from vitcnn_tf.models import layers as model_layers
+from vitcnn_tf.models import base, checkpoint_keys
+from vitcnn_tf.models import config as config_lib
 
 __all__ = ["RESNET_V2_PRESETS", "ResNetV2Config", "ResNetV2", "StandardizedConv2D"]
 
@@ -78,7 +79,7 @@ class ResNetV2Config:
         if self.stem not in _STEMS:
             raise ValueError(f"ResNetV2Config: stem must be one of {_STEMS}, got {self.stem!r}")
         for field in ("image_size", "num_classes", "num_groups"):
-            model_layers.require_positive_int("ResNetV2Config", field, getattr(self, field))
+            config_lib.require_positive_int("ResNetV2Config", field, getattr(self, field))
         root = 64 * self.width_factor
         if not math.isclose(root, round(root)) or round(root) == 0:
             raise ValueError(f"ResNetV2Config: width_factor={self.width_factor} gives a non-integer root width "
@@ -115,7 +116,7 @@ class ResNetV2Config:
     @classmethod
     def from_name(cls, name, **overrides):
         """The preset ``name`` (``"BiT-R50x1"``, ``"BiT-R152x2"``, ``"ResNetV2-CPU"``) with fields replaced."""
-        return model_layers.config_from_preset(cls, RESNET_V2_PRESETS, name, overrides)
+        return config_lib.config_from_preset(cls, RESNET_V2_PRESETS, name, overrides)
 
 
 @keras.saving.register_keras_serializable(package="vitcnn_tf")
@@ -145,7 +146,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="vitcnn_tf")
-class ResNetV2(model_layers.TappedModel):
+class ResNetV2(base.TappedModel):
     """BiT ResNetV2 as a Keras functional model: ``model(images [n, S, S, 3]) -> logits [n, num_classes]``.
 
     ``config`` is a ``ResNetV2Config`` (or its dict). ``model.taps`` (ordered, forward order), with ``n`` examples,
@@ -185,10 +186,10 @@ class ResNetV2(model_layers.TappedModel):
         units = [name[: -len("/+res")] for name in self.taps if name.endswith("/+res")]
         return [(f"{unit}/skip", f"{unit}/branch", f"{unit}/+res") for unit in units]
 
-    def checkpoint_variables(self):
-        """``{BiT release .npz key: keras.Variable}``, each variable with exactly the release array shape."""
-        return {key: getattr(self.get_layer(layer_name), attribute)
-                for key, layer_name, attribute in self._checkpoint_layout}
+    def checkpoint_layout(self):
+        """The BiT release table: ``[(.npz key, layer name, weight attribute)]``, recorded while the graph was
+        wired."""
+        return list(self._checkpoint_layout)
 
 
 class _GraphBuilder:
@@ -212,12 +213,11 @@ class _GraphBuilder:
         return self.taps
 
     def _conv(self, key, name, filters, kernel_size, strides=1):
-        self.checkpoint_layout.append((f"resnet/{key}/standardized_conv2d/kernel", name, "kernel"))
+        self.checkpoint_layout += checkpoint_keys.standardized_conv_keys(f"resnet/{key}", name)
         return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False, name=name)
 
     def _group_norm(self, key, name):
-        self.checkpoint_layout.append((f"resnet/{key}/gamma", name, "gamma"))
-        self.checkpoint_layout.append((f"resnet/{key}/beta", name, "beta"))
+        self.checkpoint_layout += checkpoint_keys.group_norm_keys(f"resnet/{key}", name)
         return keras.layers.GroupNormalization(groups=self.config.num_groups, epsilon=1e-5, name=name)
 
     def _root(self, images):
@@ -267,8 +267,7 @@ class _GraphBuilder:
         pooled = keras.layers.GlobalAveragePooling2D(name="pre_logits")(x)
         self.taps["pre_logits"] = pooled
         x = keras.layers.Reshape((1, 1, channels), name="head_reshape")(pooled)
-        self.checkpoint_layout.append(("resnet/head/conv2d/kernel", "head_conv", "kernel"))
-        self.checkpoint_layout.append(("resnet/head/conv2d/bias", "head_conv", "bias"))
+        self.checkpoint_layout += checkpoint_keys.dense_keys("resnet/head/conv2d", "head_conv")
         x = keras.layers.Conv2D(self.config.num_classes, 1, use_bias=True, kernel_initializer="zeros",
                                 bias_initializer="zeros", name="head_conv")(x)
         logits = keras.layers.Reshape((self.config.num_classes,), name="logits")(x)

@@ -25,11 +25,13 @@ Taps (``model.taps``, forward order), ``n`` examples, ``T`` tokens (patches, plu
 """
 
 import dataclasses
-import math
 
 import keras
 import numpy as np
 
+from vitcnn_tf import grids
+from vitcnn_tf.models import base, checkpoint_keys
+from vitcnn_tf.models import config as config_lib
 from vitcnn_tf.models import layers as vit_layers
 
 _LAYER_NORM_EPSILON = 1e-6
@@ -73,9 +75,9 @@ class ViTConfig:
     def __post_init__(self):
         for field in ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "image_size",
                       "num_classes"):
-            vit_layers.require_positive_int("ViTConfig", field, getattr(self, field))
+            config_lib.require_positive_int("ViTConfig", field, getattr(self, field))
         if self.representation_size is not None:
-            vit_layers.require_positive_int("ViTConfig", "representation_size", self.representation_size)
+            config_lib.require_positive_int("ViTConfig", "representation_size", self.representation_size)
         if self.image_size % self.patch_size:
             raise ValueError(f"ViTConfig: image_size={self.image_size} is not divisible by "
                              f"patch_size={self.patch_size}")
@@ -94,7 +96,7 @@ class ViTConfig:
     @classmethod
     def from_name(cls, name, **overrides):
         """The preset ``name`` (one of ``VIT_PRESETS``) with fields replaced by ``overrides``."""
-        return vit_layers.config_from_preset(cls, VIT_PRESETS, name, overrides)
+        return config_lib.config_from_preset(cls, VIT_PRESETS, name, overrides)
 
     @property
     def grid_size(self):
@@ -113,7 +115,7 @@ class ViTConfig:
 
 
 @keras.saving.register_keras_serializable(package="vitcnn_tf")
-class ViT(vit_layers.TappedModel):
+class ViT(base.TappedModel):
     """Vision Transformer; ``model(images [n, S, S, 3] in [-1, 1]) -> logits [n, num_classes]``.
 
     ``config`` is a ``ViTConfig`` (or its dict). See the module docstring for ``model.taps``.
@@ -139,31 +141,29 @@ class ViT(vit_layers.TappedModel):
             previous = f"{prefix}/+mlp"
         return units
 
-    def checkpoint_variables(self):
-        """{vit_jax ``.npz`` key -> variable}; each variable has the release array's shape."""
+    def checkpoint_layout(self):
+        """The vit_jax release table: ``[(.npz key, layer name, weight attribute)]``."""
         config = self.config
-        dense, layer_norm = vit_layers.dense_checkpoint_variables, vit_layers.layer_norm_checkpoint_variables
-        variables = dense(self.get_layer("embedding"), "embedding")
+        rows = checkpoint_keys.dense_keys("embedding", "embedding")
         if config.classifier == "token":
-            variables["cls"] = self.get_layer("cls").cls
-        variables[_POSEMB_KEY] = self.get_layer("posembed_input").pos_embedding
+            rows.append(("cls", "cls", "cls"))
+        rows.append((_POSEMB_KEY, "posembed_input", "pos_embedding"))
         for block in range(config.num_layers):
             key = f"Transformer/encoderblock_{block}"
             name = f"block{block:02d}"
-            variables.update(layer_norm(self.get_layer(f"{name}_ln1"), f"{key}/LayerNorm_0"))
-            attention = self.get_layer(f"{name}_attention")
+            rows += checkpoint_keys.layer_norm_keys(f"{key}/LayerNorm_0", f"{name}_ln1")
             for part in ("query", "key", "value", "out"):
                 prefix = f"{key}/MultiHeadDotProductAttention_1/{part}"
-                variables[f"{prefix}/kernel"] = getattr(attention, f"{part}_kernel")
-                variables[f"{prefix}/bias"] = getattr(attention, f"{part}_bias")
-            variables.update(layer_norm(self.get_layer(f"{name}_ln2"), f"{key}/LayerNorm_2"))
+                rows += [(f"{prefix}/kernel", f"{name}_attention", f"{part}_kernel"),
+                         (f"{prefix}/bias", f"{name}_attention", f"{part}_bias")]
+            rows += checkpoint_keys.layer_norm_keys(f"{key}/LayerNorm_2", f"{name}_ln2")
             for index in (0, 1):
-                variables.update(dense(self.get_layer(f"{name}_mlp_dense{index}"), f"{key}/MlpBlock_3/Dense_{index}"))
-        variables.update(layer_norm(self.get_layer("encoder_norm"), "Transformer/encoder_norm"))
+                rows += checkpoint_keys.dense_keys(f"{key}/MlpBlock_3/Dense_{index}", f"{name}_mlp_dense{index}")
+        rows += checkpoint_keys.layer_norm_keys("Transformer/encoder_norm", "encoder_norm")
         if config.representation_size is not None:
-            variables.update(dense(self.get_layer("pre_logits"), "pre_logits"))
-        variables.update(dense(self.get_layer("head"), "head"))
-        return variables
+            rows += checkpoint_keys.dense_keys("pre_logits", "pre_logits")
+        rows += checkpoint_keys.dense_keys("head", "head")
+        return rows
 
     def adapt_checkpoint_array(self, key, array):
         """Resamples a position embedding of another grid size to this model's grid (CLS kept); else identity."""
@@ -183,9 +183,10 @@ def resample_position_embedding(posemb, num_tokens, num_prefix_tokens):
     if posemb.ndim != 3 or posemb.shape[0] != 1:
         raise ValueError(f"resample_position_embedding: expected shape [1, T, D], got {posemb.shape}")
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
-    old_side = _square_side(grid.shape[0], f"position embedding {posemb.shape} minus {num_prefix_tokens} prefix")
-    new_side = _square_side(num_tokens - num_prefix_tokens,
-                            f"target of {num_tokens} tokens minus {num_prefix_tokens} prefix")
+    old_side = grids.square_side(grid.shape[0], f"resample_position_embedding: position embedding {posemb.shape} "
+                                                f"minus {num_prefix_tokens} prefix")
+    new_side = grids.square_side(num_tokens - num_prefix_tokens, f"resample_position_embedding: target of "
+                                 f"{num_tokens} tokens minus {num_prefix_tokens} prefix")
     grid = grid.reshape(old_side, old_side, -1).astype(np.float64)
     grid = _linear_resize(_linear_resize(grid, new_side, axis=0), new_side, axis=1)
     grid = grid.reshape(1, new_side * new_side, -1).astype(posemb.dtype)
@@ -257,13 +258,6 @@ def _block_indices(indices, num_layers):
         raise ValueError(f"ViTConfig: skip_blocks_removed has invalid block indices {bad}; "
                          f"blocks are numbered 0..{num_layers - 1} (num_layers={num_layers})")
     return tuple(sorted({int(i) for i in indices}))
-
-
-def _square_side(count, what):
-    side = math.isqrt(count) if count >= 0 else -1
-    if side < 1 or side * side != count:
-        raise ValueError(f"resample_position_embedding: {what} = {count} tokens is not a square grid")
-    return side
 
 
 def _linear_resize(x, size, axis):

@@ -1,0 +1,95 @@
+"""Model specs: parsing of every kind, loading, labels, identities and errors."""
+
+import json
+import os
+
+import pytest
+
+import helpers
+from vitcnn_tf import atomic_io, zoo
+from vitcnn_tf.model_specs import ModelSpec, load_model, load_models, model_identity, parse_model_spec
+from vitcnn_tf.models import ViT, save_npz
+
+
+@pytest.mark.parametrize("text, kind, preset, overrides, path, label", [
+    ("vit_gap", "zoo", None, {}, None, "vit_gap"),
+    ("some/dir/my model.keras", "keras", None, {}, "some/dir/my model.keras", "my-model"),
+    ("ViT-B/16=ckpt/ViT-B_16.npz", "checkpoint", "ViT-B/16", {}, "ckpt/ViT-B_16.npz", "ViT-B-16"),
+    ("ViT-B/16:representation_size=768,num_classes=21843=ckpt/v.npz", "checkpoint", "ViT-B/16",
+     {"representation_size": 768, "num_classes": 21843}, "ckpt/v.npz", "ViT-B-16"),
+    ("BiT-R50x1=timm/model.safetensors", "checkpoint", "BiT-R50x1", {}, "timm/model.safetensors", "BiT-R50x1"),
+    ("ViT-CPU/4", "preset", "ViT-CPU/4", {}, None, "ViT-CPU-4"),
+    ("ViT-CPU/4:skip_blocks_removed=(1, 3),classifier=gap", "preset", "ViT-CPU/4",
+     {"skip_blocks_removed": (1, 3), "classifier": "gap"}, None, "ViT-CPU-4"),
+])
+def test_parse_every_kind(text, kind, preset, overrides, path, label):
+    spec = parse_model_spec(text)
+    assert spec == ModelSpec(text, kind, preset, overrides, path, label)
+    assert parse_model_spec(spec) is spec
+
+
+def test_zoo_labels_are_the_recipe_names():
+    assert [parse_model_spec(name).label for name in zoo.RECIPES] == list(zoo.RECIPES)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "non-empty string"),
+    ("resnet50", "neither a zoo recipe .*vit_gap.* nor a model preset .*BiT-R50x1"),
+    ("ViT-Z/3=file.npz", "'ViT-Z/3' is neither a zoo recipe"),
+    ("ViT-CPU/4:num_classes", "override 'num_classes' must be key=value"),
+])
+def test_parse_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_model_spec(text)
+
+
+def test_load_preset_checkpoint_and_keras_kinds(tmp_path):
+    source = helpers.randomize_weights(helpers.tiny_vit(), seed=2)
+    save_npz(source, tmp_path / "tiny.npz")
+    fields = "patch_size=4,hidden_size=16,mlp_dim=24,num_heads=2,num_layers=3,image_size=16,num_classes=5"
+    images = helpers.random_images(2, 16)
+    loaded = load_model(f"ViT-CPU/4:{fields}={tmp_path / 'tiny.npz'}", zoo_dir=tmp_path)
+    helpers.assert_same_forward(loaded, source, images)
+    source.save(tmp_path / "tiny.keras")
+    helpers.assert_same_forward(load_model(str(tmp_path / "tiny.keras"), zoo_dir=tmp_path), source, images)
+    fresh = load_model(f"ViT-CPU/4:{fields}", zoo_dir=tmp_path)
+    assert isinstance(fresh, ViT) and fresh.config == source.config
+
+
+def test_missing_files_name_the_spec_and_the_path(tmp_path):
+    missing = tmp_path / "absent.npz"
+    with pytest.raises(FileNotFoundError, match=f"'ViT-B/16={missing}'.*no checkpoint file '{missing}'"):
+        load_model(f"ViT-B/16={missing}", zoo_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no keras file 'gone.keras'"):
+        load_model("gone.keras", zoo_dir=tmp_path)
+
+
+def test_safetensors_checkpoint_is_not_readable_yet(tmp_path):
+    (tmp_path / "m.safetensors").write_bytes(b"\0")
+    with pytest.raises(NotImplementedError, match="m.safetensors"):
+        load_model(f"ViT-CPU/4={tmp_path / 'm.safetensors'}", zoo_dir=tmp_path)
+
+
+def test_load_models_makes_labels_unique(tmp_path):
+    specs = ["ViT-CPU/4:num_layers=1", "ViT-CPU/4:num_layers=1,classifier='gap'", "Mixer-CPU/4:num_blocks=1"]
+    models = load_models(specs, zoo_dir=tmp_path)
+    assert list(models) == ["ViT-CPU-4", "ViT-CPU-4#2", "Mixer-CPU-4"]
+    assert models["ViT-CPU-4#2"].config.classifier == "gap"
+
+
+def test_model_identity_of_files_uses_absolute_paths_and_hashes(tmp_path, monkeypatch):
+    save_npz(helpers.tiny_vit(), tmp_path / "tiny.npz")
+    monkeypatch.chdir(tmp_path)
+    identity = model_identity("ViT-CPU/4:num_classes=5=./tiny.npz", zoo_dir="zoo")
+    expected_path = os.path.join(str(tmp_path), "tiny.npz")
+    assert identity == {"kind": "checkpoint", "label": "ViT-CPU-4", "preset": "ViT-CPU/4",
+                        "overrides": {"num_classes": 5}, "path": expected_path,
+                        "sha256": atomic_io.sha256_file(expected_path),
+                        "spec": f"ViT-CPU/4:num_classes=5={expected_path}"}
+    json.dumps(identity)
+
+
+def test_model_identity_of_a_zoo_recipe(tmp_path):
+    identity = model_identity("vit", zoo_dir=tmp_path)
+    assert identity == {"kind": "zoo", "label": "vit", "spec": "vit", "recipe": "vit",
+                        "recipe_fingerprint": zoo.get_recipe("vit").fingerprint(), "weights_sha256": None}

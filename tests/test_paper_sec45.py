@@ -1,0 +1,332 @@
+"""The Section 4 and 5 analyses of ``vitcnn_tf.paper``: each saved array recomputed from lower-level library code
+(the NumPy CKA reference, ``analysis.attention``, direct gradients) on the same inputs, and each finding's value
+recomputed from the arrays. Tiny untrained models on a few random 16 px batches."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vitcnn_tf import representations
+from vitcnn_tf.analysis import attention, receptive_field
+from vitcnn_tf.metrics import reference
+from vitcnn_tf.models import get_model
+from vitcnn_tf.paper import attention_distance, common, evaluation, local_global_heads, receptive_fields
+from vitcnn_tf.paper import representation_structure
+from vitcnn_tf.paper.result import SectionResult
+
+SIZE, BATCH, NUM_BATCHES = 16, 8, 3
+TINY_VIT = dict(image_size=SIZE, num_classes=10, hidden_size=16, mlp_dim=16, num_heads=4, num_layers=3)
+
+
+def tiny_vit(seed, **overrides):
+    keras.utils.set_random_seed(seed)
+    return get_model("ViT-CPU/4", **{**TINY_VIT, **overrides})
+
+
+def tiny_resnet(seed):
+    keras.utils.set_random_seed(seed)
+    return get_model("ResNetV2-CPU", image_size=SIZE, num_classes=10, block_counts=(1, 1), width_factor=0.125,
+                     num_groups=2)
+
+
+def tiny_mixer(seed):
+    keras.utils.set_random_seed(seed)
+    return get_model("Mixer-CPU/4", image_size=SIZE, num_classes=10, hidden_dim=8, num_blocks=2, tokens_mlp_dim=4,
+                     channels_mlp_dim=8)
+
+
+def random_images(seed, count=BATCH * NUM_BATCHES):
+    return np.random.default_rng(seed).uniform(-1, 1, size=(count, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def dataset(images):
+    labels = np.arange(len(images)) % 10
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH, drop_remainder=True)
+
+
+def batches(images):
+    return [images[start:start + BATCH] for start in range(0, len(images) - BATCH + 1, BATCH)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"vit": tiny_vit(0), "resnet": tiny_resnet(1), "mixer": tiny_mixer(2)}
+
+
+# --- common --------------------------------------------------------------------------------------------------------
+
+
+def test_common_helpers(models):
+    np.testing.assert_allclose(common.normalised_depths(5), [0, 0.25, 0.5, 0.75, 1])
+    assert common.extreme_blocks(6) == ([0, 1], [4, 5])
+    assert common.extreme_blocks(2) == ([0], [1])
+    assert common.extreme_blocks(24) == (list(range(8)), list(range(16, 24)))
+    assert list(common.block_ticks(24)) == list(range(24))
+    ticks = common.block_ticks(48)
+    assert ticks[0] == 0 and ticks[-1] == 47 and len(ticks) <= 26
+    assert common.first_of_family(models, "resnet") == "resnet" and common.first_of_family(models, "vit") == "vit"
+    assert common.first_of_family({"m": models["mixer"]}, "vit") is None
+    assert common.residual_stream_taps(models["vit"]) == ["embedding"] + [
+        f"block{b:02d}/{tap}" for b in range(3) for tap in ("sa", "+sa", "mlp", "+mlp")]
+    assert common.block_output_taps(models["resnet"]) == ["block1/unit01/+res", "block2/unit01/+res"]
+    assert common.residual_units(models["vit"]) == [tuple(unit) for unit in models["vit"].residual_taps]
+    assert common.image_size(models["vit"]) == SIZE and common.shared_image_size(models) == SIZE
+    with pytest.raises(ValueError, match=r"models: 'resnet' is a resnet model, expected vit \(heads\)"):
+        common.require_family(models["resnet"], "resnet", "models", "vit", reason="heads")
+
+
+def test_normalised_depths_formulas():
+    # The saved depth arrays use np.linspace (x * step), the Section 4 finding x / (count - 1); both are kept
+    # because they differ in the last bit for most counts (e.g. 6: 3 * 0.2 != 3 / 5 in float64).
+    for count in (1, 2, 6, 7, 25, 49):
+        step = 1.0 / max(count - 1, 1)
+        expected_product = [0.0] + [index * step for index in range(1, count - 1)] + [1.0] * (count > 1)
+        expected_division = [index / max(count - 1, 1) for index in range(count)]
+        assert common.normalised_depths(count).tolist() == expected_product
+        assert common.normalised_depths(count, by_division=True).tolist() == expected_division
+    assert common.normalised_depths(6)[3] != common.normalised_depths(6, by_division=True)[3]
+
+
+def test_evaluation_helpers():
+    data = dataset(random_images(0))
+    assert evaluation.batch_size_of(data) == BATCH
+    np.testing.assert_array_equal(evaluation.stack_images(data, 10), random_images(0)[:10])
+    passes = evaluation.data_passes(lambda index: index, passes=3)
+    assert [make() for make in passes] == [0, 1, 2]
+    with pytest.raises(ValueError, match="passes"):
+        evaluation.data_passes(data, passes=2)
+
+
+# --- Section 4 -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def structure(models):
+    images = random_images(1)
+    result = representation_structure.run(models, dataset(images), num_resamples=100, seed=0)
+    return images, result
+
+
+def test_within_and_cross_maps_equal_the_reference_minibatch_cka(models, structure):
+    images, result = structure
+    assert isinstance(result, SectionResult)
+    assert list(result.arrays) == ["within_vit", "within_resnet", "within_mixer", "cross_vit_resnet",
+                                   "cross_vit_mixer", "cross_resnet_mixer"]
+    assert [figure.paper_figure for figure in result.figures] == ["1", "1", "H", "2", "H", "H"]
+    taps = {label: list(result.arrays[f"within_{label}"]["row_names"]) for label in ("vit", "resnet")}
+    assert taps["vit"] == representation_structure.kept_taps(models["vit"])
+    assert not [name for name in taps["vit"] if name.endswith("/attn") or name == "logits"]
+    extracted = {label: [list(representations.extract(models[label], batch, taps[label]).values())
+                         for batch in batches(images)] for label in taps}
+    np.testing.assert_allclose(result.arrays["within_vit"]["matrix"], reference.minibatch_cka(extracted["vit"]),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.arrays["cross_vit_resnet"]["matrix"],
+                               reference.minibatch_cka(extracted["vit"], extracted["resnet"]), rtol=1e-4, atol=1e-6)
+    assert result.tables["within_vit"]["shape"] == [len(taps["vit"])] * 2
+
+
+def test_structure_findings_recomputed_from_the_saved_maps(models, structure):
+    _, result = structure
+    uniform, depth = result.findings
+    assert (uniform.key, depth.key) == ("vit_uniform_similarity", "resnet_lower_half_matches_vit_lowest_quarter")
+    within = {label: result.arrays[f"within_{label}"] for label in ("vit", "resnet")}
+    outputs = {label: [list(within[label]["row_names"]).index(name)
+                       for name in common.block_output_taps(models[label])] for label in within}
+    expected = (representation_structure.lower_upper_similarity(within["vit"]["matrix"], outputs["vit"])
+                - representation_structure.lower_upper_similarity(within["resnet"]["matrix"], outputs["resnet"]))
+    assert uniform.value == pytest.approx(expected, abs=1e-9)
+    cross = result.arrays["cross_vit_resnet"]["matrix"].T  # rows: ResNet taps
+    lower = list(range(cross.shape[0] // 2))
+    best = np.argmax(cross[lower], axis=1)
+    assert depth.value == pytest.approx(np.mean(best / (cross.shape[1] - 1)), abs=1e-9)
+    for finding in result.findings:
+        assert finding.low <= finding.value <= finding.high
+
+
+def test_block_taps_and_two_shuffled_passes_equal_the_reference(models):
+    images = random_images(2, BATCH * 2)
+    orders = [np.arange(len(images)), np.random.default_rng(5).permutation(len(images))]
+    pair = {"vit": models["vit"], "resnet": models["resnet"]}
+    result = representation_structure.run(pair, lambda index: dataset(images[orders[index]]), passes=2,
+                                          taps="blocks", num_resamples=50)
+    names = list(result.arrays["within_vit"]["row_names"])
+    assert names == common.residual_stream_taps(models["vit"])
+    assert result.summary["passes"] == 2 and result.summary["num_examples"] == 2 * BATCH
+    extracted = [list(representations.extract(models["vit"], batch, names).values())
+                 for order in orders for batch in batches(images[order])]
+    np.testing.assert_allclose(result.arrays["within_vit"]["matrix"], reference.minibatch_cka(extracted),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_seed_replicates_give_seed_maps_and_means_over_seed_pairs(models):
+    images = random_images(3, BATCH * 2)
+    replicates = {"vit": {"vit_s1": tiny_vit(10)}, "resnet": {"resnet_s1": tiny_resnet(11)}}
+    result = representation_structure.run({"vit": models["vit"], "resnet": models["resnet"]}, dataset(images),
+                                          seed_replicates=replicates, num_resamples=50)
+    assert sorted(result.arrays) == ["cross_vit_resnet", "seeds_resnet_resnet_s1", "seeds_vit_vit_s1",
+                                     "within_resnet", "within_vit"]
+    uniform = result.findings[0]
+    assert uniform.detail["seed_pairs"] == [["vit", "resnet"], ["vit_s1", "resnet_s1"]]
+    assert uniform.value == pytest.approx(np.mean(uniform.detail["per_seed"]))
+    with pytest.raises(ValueError, match="seed_replicates"):
+        representation_structure.run({"vit": models["vit"]}, dataset(images), seed_replicates={"x": {}})
+
+
+# --- Section 5: attention distances --------------------------------------------------------------------------------
+
+
+def test_attention_distances_of_vits_of_different_depths_and_heads_equal_per_batch_distances():
+    # The ViT-B/16-with-ViT-L/16 case: 3 blocks of 4 heads against 6 blocks of 2 heads, each with a twin.
+    images = random_images(4, BATCH * 2)
+    full = {"small": tiny_vit(20), "large": tiny_vit(21, num_layers=6, num_heads=2)}
+    little = {"small_little": tiny_vit(22), "large_little": tiny_vit(23, num_layers=6, num_heads=2)}
+    result = attention_distance.run(full, dataset(images), little_data_models=little, num_resamples=100)
+    arrays = result.arrays["attention_distances"]
+    for label, model in {**full, **little}.items():
+        names = [f"block{b:02d}/attn" for b in range(model.config.num_layers)]
+        per_batch = [representations.extract(model, batch, names) for batch in batches(images)]
+        expected = np.stack([np.mean([attention.mean_attention_distance(maps[name], patch_size=4)
+                                      for maps in per_batch], axis=0) for name in names])
+        np.testing.assert_allclose(arrays[f"{label}.mean"], expected, rtol=1e-9)
+        assert arrays[f"{label}.per_example"].shape == (2 * BATCH, *expected.shape)
+    spread, less = result.findings
+    mean = arrays["small.mean"]
+    lowest, highest = common.extreme_blocks(3)
+    spreads = mean.max(axis=1) - mean.min(axis=1)
+    assert spread.value == pytest.approx(spreads[lowest].mean() - spreads[highest].mean(), abs=1e-9)
+    assert less.key == "less_data_no_local_heads"
+    assert less.detail["full_data_model"] == "small" and less.detail["little_data_model"] == "small_little"
+    assert less.value == pytest.approx(arrays["small_little.mean"][lowest].min() - mean[lowest].min(), abs=1e-9)
+    # Different depths: the comparison uses each model's own lowest blocks.
+    other = attention_distance.less_data_finding("small", arrays["small.per_example"], "large",
+                                                 arrays["large.per_example"], num_resamples=50)
+    assert other.value == pytest.approx(arrays["large.mean"][:2].min() - mean[:1].min(), abs=1e-9)
+    files = [figure.file for figure in result.figures]
+    assert files[:2] == ["attention_distances.png", "attention_distances_less_data.png"]
+    assert [figure.paper_figure for figure in result.figures[:2]] == ["3", "4"]
+    for figure in result.figures:
+        figure.draw()
+
+
+def test_a_24_block_vit_draws_with_every_block_in_the_legend_and_ticks():
+    vit = tiny_vit(30, num_layers=24, num_heads=2, hidden_size=8, mlp_dim=8)
+    result = attention_distance.run({"deep": vit}, dataset(random_images(6, BATCH)), num_resamples=20)
+    assert [finding.key for finding in result.findings] == ["lower_layers_mix_local_and_global_heads"]
+    assert result.findings[0].detail["lowest_blocks"] == list(range(8))
+    figures = {figure.file: figure for figure in result.figures}
+    heads = figures["attention_heads_deep.png"].draw()
+    legend = heads.axes[0].get_legend()
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert [f"block {b}" for b in range(24)] == [text for text in texts if text.startswith("block")]
+    colours = {tuple(np.round(line.get_color(), 4)) for line in heads.axes[0].lines[:24]}
+    assert len(colours) == 24
+    distances = figures["attention_distances.png"].draw()
+    ticks = [tick.get_text() for tick in distances.axes[0].get_xticklabels()]
+    assert ticks == [str(b) for b in range(24)]
+
+
+# --- Section 5: local and global heads -----------------------------------------------------------------------------
+
+
+def test_head_subset_cka_equals_the_reference_and_the_finding_is_recomputed(models):
+    images = random_images(7)
+    result = local_global_heads.run({"vit": models["vit"], "resnet": models["resnet"]}, dataset(images),
+                                    num_resamples=100)
+    arrays = result.arrays["head_subset_cka"]
+    attn = np.concatenate([representations.extract(models["vit"], batch, ["block00/attn"])["block00/attn"]
+                           for batch in batches(images)])
+    np.testing.assert_allclose(arrays["head_distance"], attention.mean_attention_distance(attn, patch_size=4),
+                               rtol=1e-9)
+    order = np.argsort(arrays["head_distance"], kind="stable")
+    subsets = local_global_heads.head_windows(order)
+    assert len(arrays["subset_names"]) == len(subsets) == 10
+    resnet_names = list(arrays["resnet_names"])
+    assert resnet_names == local_global_heads.lower_half_taps(models["resnet"])
+    batches_x, batches_y = [], []
+    for batch in batches(images):
+        heads = representations.extract(models["vit"], batch, ["block00/attn_heads"])["block00/attn_heads"]
+        batches_x.append([heads[:, :, list(subset)] for subset in subsets])
+        batches_y.append(list(representations.extract(models["resnet"], batch, resnet_names).values()))
+    np.testing.assert_allclose(arrays["cka"], reference.minibatch_cka(batches_x, batches_y), rtol=1e-4, atol=1e-6)
+    (finding,) = result.findings
+    sizes = np.array([len(subset) for subset in subsets])
+    expected = local_global_heads.within_size_correlation(arrays["subset_mean_distance"],
+                                                          np.nanmax(arrays["cka"], axis=1), sizes)
+    assert finding.value == pytest.approx(expected, abs=1e-9)
+    assert finding.detail["plain_correlation"] == pytest.approx(
+        np.corrcoef(arrays["subset_mean_distance"], arrays["cka"].max(axis=1))[0, 1], abs=1e-9)
+    assert result.figures[0].paper_figure == "5"
+    result.figures[0].draw()
+
+
+def test_16_head_windows_count_and_within_size_correlation():
+    assert len(local_global_heads.head_windows(np.arange(16))) == 136
+    sizes = np.array([1, 1, 1, 2, 2])
+    distance = np.array([1.0, 2.0, 3.0, 1.5, 2.5])
+    similarity = np.array([0.3, 0.2, 0.1, 0.9, 0.8])
+    assert local_global_heads.within_size_correlation(distance, similarity, sizes) == pytest.approx(-1.0)
+
+
+# --- Section 5: receptive fields -----------------------------------------------------------------------------------
+
+
+def direct_erf(model, tap, images, channels):
+    """Mean over images and ``channels`` of |d a_c(centre) / d x|, one image and channel at a time (NumPy mean)."""
+    submodel = representations.tap_model(model, tap)
+    total = np.zeros(images.shape[1:3])
+    for image in images:
+        for channel in channels:
+            x = tf.constant(image[None])
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = submodel(x, training=False)
+                if len(out.shape) == 4:
+                    value = out[0, out.shape[1] // 2, out.shape[2] // 2, channel]
+                else:  # tokens [1, T, d] of a CLS ViT on a 4 x 4 grid: centre patch (2, 2)
+                    value = out[0, 1 + 2 * 4 + 2, channel]
+            total += np.abs(tape.gradient(value, x).numpy()[0]).mean(axis=-1)
+    return total / (len(images) * len(channels))
+
+
+def test_receptive_fields_equal_a_direct_gradient_computation(models):
+    images = random_images(8, 2)
+    pair = {"vit": models["vit"], "resnet": models["resnet"]}
+    result = receptive_fields.run(pair, dataset(np.concatenate([images] * 4)), num_images=2, batch_size=1,
+                                  max_channels=None, num_resamples=100)
+    arrays = result.arrays["erf_maps"]
+    assert list(arrays["vit.taps"]) == [f"block{b:02d}/{tap}" for b in range(3) for tap in ("sa", "+sa", "+mlp")]
+    assert list(arrays["resnet.taps"]) == ["block1/unit01/+res", "block2/unit01/+res"]
+    for label, index in (("vit", 0), ("vit", 2), ("resnet", 0)):
+        tap = arrays[f"{label}.taps"][index]
+        width = representations.tap_model(pair[label], tap).output.shape[-1]
+        expected = direct_erf(pair[label], tap, images, range(width))
+        np.testing.assert_allclose(arrays[f"{label}.maps"][index], expected, rtol=1e-4, atol=1e-6 * expected.max())
+    for label in pair:
+        np.testing.assert_array_equal(arrays[f"{label}.extent"],
+                                      [receptive_field.erf_extent(m, 0.5) for m in arrays[f"{label}.maps"]])
+    (finding,) = result.findings
+    assert finding.detail["vit_tap"] == "block00/+mlp"
+    assert finding.value == pytest.approx(arrays["vit.extent"][2] - arrays["resnet.extent"][0])
+    assert [figure.file for figure in result.figures] == ["erf_maps_vit.png", "erf_maps_resnet.png",
+                                                          "erf_maps_vit_before_residual.png", "erf_extent.png"]
+    assert [figure.paper_figure for figure in result.figures] == ["6", "6", "C", ""]
+    for figure in result.figures:
+        figure.draw()
+
+
+def test_sampled_channels_cost_a_fixed_number_of_gradient_calls(models, monkeypatch):
+    calls = []
+    original = receptive_field.per_image_effective_receptive_field
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["max_channels"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(receptive_field, "per_image_effective_receptive_field", counting)
+    result = receptive_fields.run({"resnet": models["resnet"]}, dataset(random_images(9, BATCH)), num_images=2,
+                                  max_channels=3, num_resamples=10)
+    assert calls == [3, 3] and result.findings == []
+    assert result.summary["findings_skipped"]
+    with pytest.raises(ValueError, match="max_channels"):
+        receptive_fields.run({"resnet": models["resnet"]}, dataset(random_images(9, BATCH)), max_channels=0)

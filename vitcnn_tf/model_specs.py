@@ -1,0 +1,193 @@
+"""Model specs: one string names a model, whatever its source.
+
+A spec is one of:
+
+* a zoo recipe (``vit``, ``vit_gap``, ``resnet``, ``mixer``, ... see ``vitcnn_tf.zoo.RECIPES``), trained on first
+  use and cached in the zoo folder (kind ``"zoo"``);
+* a saved Keras model, ``path/to/model.keras`` (kind ``"keras"``);
+* a preset with a checkpoint file, ``PRESET=path/to/file.npz`` (``ViT-B/16=ckpt/ViT-B_16.npz``), with config
+  overrides as ``PRESET:key=value,...=file.npz`` (``ViT-B/16:representation_size=768,num_classes=21843=ckpt/
+  ViT-B_16.npz``); a timm ``.safetensors`` file is accepted in place of the ``.npz`` (kind ``"checkpoint"``);
+* a bare preset with optional overrides, ``PRESET[:key=value,...]``: a randomly initialised model (kind
+  ``"preset"``).
+
+Override values are Python literals (``num_classes=5``, ``skip_blocks_removed=(1, 3)``, ``classifier='gap'``);
+a value that is not a literal is kept as a string (``classifier=gap``).
+"""
+
+import ast
+import dataclasses
+import os
+import re
+
+from vitcnn_tf.atomic_io import sha256_file
+from vitcnn_tf.models import registry
+
+KINDS = ("zoo", "keras", "checkpoint", "preset")
+KERAS_SUFFIX = ".keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec.
+
+    ``text``: the spec as given; ``kind``: one of :data:`KINDS`; ``preset``: the registry preset (checkpoint and
+    preset kinds) or None; ``overrides``: config fields to replace; ``path``: the file (keras and checkpoint
+    kinds) or None; ``label``: a short file-name-safe label (the zoo name, the ``.keras`` file's stem, or the
+    preset with ``/`` replaced by ``-``).
+    """
+
+    text: str
+    kind: str
+    preset: str | None
+    overrides: dict
+    path: str | None
+    label: str
+
+    @property
+    def name(self):
+        """The zoo recipe name (zoo kind) or the preset name."""
+        return self.text if self.kind == "zoo" else self.preset
+
+
+def parse_model_spec(spec):
+    """The :class:`ModelSpec` of ``spec`` (a string, or a ModelSpec returned as is).
+
+    ValueError for an empty spec, a malformed override, or a name that is neither a zoo recipe nor a preset (the
+    message lists both).
+    """
+    if isinstance(spec, ModelSpec):
+        return spec
+    text = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"model spec: expected a non-empty string, got {spec!r}")
+    head, separator, file_name = text.rpartition("=")
+    if separator and file_name.endswith(registry.CHECKPOINT_SUFFIXES):
+        preset, overrides = _preset_and_overrides(head, text)
+        return ModelSpec(text, "checkpoint", preset, overrides, file_name, safe_label(preset))
+    if text.endswith(KERAS_SUFFIX):
+        return ModelSpec(text, "keras", None, {}, text, safe_label(os.path.basename(text)[: -len(KERAS_SUFFIX)]))
+    from vitcnn_tf import zoo
+
+    if text in zoo.RECIPES:
+        return ModelSpec(text, "zoo", None, {}, None, safe_label(text))
+    preset, overrides = _preset_and_overrides(text, text)
+    return ModelSpec(text, "preset", preset, overrides, None, safe_label(preset))
+
+
+def safe_label(name):
+    """``name`` with every run of characters other than letters, digits, ``_``, ``.`` and ``-`` replaced by ``-``
+    (``"ViT-B/16"`` -> ``"ViT-B-16"``); ``"model"`` if nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+
+
+def load_model(spec, *, zoo_dir, data_dir=None, verbose=0):
+    """The ``keras.Model`` named by ``spec`` (a string or :class:`ModelSpec`).
+
+    ``zoo_dir``: the zoo cache folder (zoo recipes are trained there on first use, with ``data_dir`` and Keras
+    ``verbose``). A missing file raises ``FileNotFoundError`` naming the spec and the path; an unknown name
+    ``ValueError`` listing the zoo recipes and the presets.
+    """
+    spec = parse_model_spec(spec)
+    if spec.kind == "zoo":
+        from vitcnn_tf import zoo
+
+        return zoo.get_model(spec.text, zoo_dir, data_dir=data_dir, verbose=verbose)
+    if spec.kind == "preset":
+        return registry.get_model(spec.preset, **spec.overrides)
+    _require_file(spec)
+    if spec.kind == "checkpoint":
+        return registry.get_model(spec.preset, spec.path, **spec.overrides)
+    import keras  # the custom layers are registered by the import of vitcnn_tf.models above
+
+    return keras.saving.load_model(spec.path)
+
+
+def load_models(specs, **kwargs):
+    """``{label: keras.Model}`` for ``specs`` in order, through :func:`load_model` (``kwargs``); a repeated label
+    gets a ``#k`` suffix (``vit``, ``vit#2``)."""
+    models = {}
+    for spec in map(parse_model_spec, specs):
+        label = spec.label
+        if label in models:
+            label = f"{label}#{sum(existing.split('#')[0] == label for existing in models) + 1}"
+        models[label] = load_model(spec, **kwargs)
+    return models
+
+
+def model_identity(spec, zoo_dir):
+    """What identifies the weights of ``spec``, for records and caches (JSON-able dict).
+
+    Every kind has ``kind`` and ``label``. A file (keras, checkpoint) adds its normalised absolute ``path`` and
+    ``sha256``; a checkpoint or preset its ``preset`` and ``overrides``; a zoo recipe its ``recipe`` name, the
+    recipe's ``recipe_fingerprint`` and the cached weights' ``weights_sha256`` (None when not trained yet, in
+    ``zoo_dir``). ``spec`` is the spec rewritten with the absolute path, never as the option spelled it.
+    """
+    spec = parse_model_spec(spec)
+    identity = {"kind": spec.kind, "label": spec.label}
+    if spec.kind == "zoo":
+        from vitcnn_tf import zoo
+
+        record = zoo.cached_record(spec.text, zoo_dir) or {}
+        identity.update(spec=spec.text, recipe=spec.text, recipe_fingerprint=zoo.get_recipe(spec.text).fingerprint(),
+                        weights_sha256=record.get("weights_sha256"))
+        return identity
+    if spec.kind in ("checkpoint", "preset"):
+        identity.update(preset=spec.preset, overrides={key: _json_value(v) for key, v in spec.overrides.items()})
+    if spec.path is None:
+        identity["spec"] = spec.text
+        return identity
+    _require_file(spec)
+    path = os.path.abspath(os.path.normpath(spec.path))
+    identity.update(path=path, sha256=sha256_file(path))
+    identity["spec"] = path if spec.kind == "keras" else f"{spec.text[: -len(spec.path)]}{path}"
+    return identity
+
+
+def _require_file(spec):
+    if not os.path.isfile(spec.path):
+        raise FileNotFoundError(f"model spec {spec.text!r}: no {spec.kind} file {spec.path!r} "
+                                f"(absolute: {os.path.abspath(spec.path)})")
+
+
+def _preset_and_overrides(text, spec_text):
+    """``"PRESET[:key=value,...]"`` -> ``(preset, {key: value})``; the preset must be in the registry."""
+    preset, _, override_text = text.partition(":")
+    if preset not in registry.preset_names():
+        from vitcnn_tf import zoo
+
+        raise ValueError(f"model spec {spec_text!r}: {preset!r} is neither a zoo recipe ({', '.join(zoo.RECIPES)}) "
+                         f"nor a model preset ({', '.join(registry.preset_names())}); other specs are "
+                         f"PATH{KERAS_SUFFIX} and PRESET[:key=value,...]=CHECKPOINT")
+    overrides = {}
+    for item in _split_top_level(override_text):
+        key, separator, value = item.partition("=")
+        key = key.strip()
+        if not separator or not key.isidentifier():
+            raise ValueError(f"model spec {spec_text!r}: override {item!r} must be key=value")
+        try:
+            overrides[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key] = value.strip()
+    return preset, overrides
+
+
+def _split_top_level(text):
+    """Splits ``text`` at the commas outside brackets: ``"a=(1, 2),b=3"`` -> ``["a=(1, 2)", "b=3"]``."""
+    items, depth, current = [], 0, []
+    for character in text:
+        if character in "([{":
+            depth += 1
+        elif character in ")]}":
+            depth -= 1
+        if character == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    items.append("".join(current))
+    return [item for item in items if item.strip()]
+
+
+def _json_value(value):
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,86 @@
+"""One registry of every model family and preset: ``get_model(preset, checkpoint=None, **overrides)``.
+
+A family is a config dataclass, a model class and a preset table. ``get_model("ViT-B/16", "ViT-B_16.npz",
+representation_size=768, num_classes=21843)`` builds the model from ``ViTConfig.from_name`` and loads the file;
+``model_family(model)`` names the family of a built model.
+"""
+
+import dataclasses
+import os
+
+from vitcnn_tf.models import checkpoint as checkpoint_lib
+from vitcnn_tf.models import mixer, resnet_v2, vit
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family: its name (``"vit"``, ``"resnet"``, ``"mixer"``), config class, model class and presets."""
+
+    name: str
+    config_class: type
+    model_class: type
+    presets: dict
+
+
+FAMILIES = (
+    Family("vit", vit.ViTConfig, vit.ViT, vit.VIT_PRESETS),
+    Family("resnet", resnet_v2.ResNetV2Config, resnet_v2.ResNetV2, resnet_v2.RESNET_V2_PRESETS),
+    Family("mixer", mixer.MixerConfig, mixer.Mixer, mixer.MIXER_PRESETS),
+)
+# file suffix -> loader(model, path) of the checkpoint formats; a timm ``.safetensors`` reader plugs in here.
+CHECKPOINT_LOADERS = {".npz": checkpoint_lib.load_npz}
+CHECKPOINT_SUFFIXES = (".npz", ".safetensors")
+
+
+def preset_names():
+    """Every preset of every family, in registry order."""
+    return [name for family in FAMILIES for name in family.presets]
+
+
+def family_of_preset(preset):
+    """The :class:`Family` with preset ``preset``; ValueError naming the known presets otherwise."""
+    for family in FAMILIES:
+        if preset in family.presets:
+            return family
+    raise ValueError(f"preset {preset!r} is not a model preset; known: {', '.join(preset_names())}")
+
+
+def model_config(preset, **overrides):
+    """The config dataclass of ``preset`` with ``overrides`` applied."""
+    return family_of_preset(preset).config_class.from_name(preset, **overrides)
+
+
+def get_model(preset, checkpoint=None, **overrides):
+    """``keras.Model`` of ``preset`` (``"ViT-B/16"``, ``"BiT-R50x1"``, ``"Mixer-B/16"``, ``"ViT-CPU/4"``, ...) with
+    config ``overrides``; with ``checkpoint`` (a release ``.npz`` file) its weights are loaded.
+
+    A ``.safetensors`` checkpoint (timm format) raises ``NotImplementedError`` naming the file until a reader is
+    registered in ``CHECKPOINT_LOADERS``; any other suffix raises ``ValueError``.
+    """
+    family = family_of_preset(preset)
+    loader = None
+    if checkpoint is not None:
+        path = os.fspath(checkpoint)
+        suffix = os.path.splitext(path)[1]
+        if suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"checkpoint={path!r}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}")
+        if suffix not in CHECKPOINT_LOADERS:
+            raise NotImplementedError(f"checkpoint={path!r}: no reader for {suffix} checkpoints yet; convert it to "
+                                      f"a release {' or '.join(CHECKPOINT_LOADERS)} file")
+        loader = CHECKPOINT_LOADERS[suffix]
+    model = family.model_class(family.config_class.from_name(preset, **overrides))
+    if loader is not None:
+        loader(model, path)
+    return model
+
+
+def model_family(model):
+    """``"vit"``, ``"resnet"`` or ``"mixer"`` for a model of the registry (by its config class); ValueError for
+    other models."""
+    config = getattr(model, "config", None)
+    for family in FAMILIES:
+        if isinstance(config, family.config_class):
+            return family.name
+    raise ValueError(f"model {getattr(model, 'name', model)!r}: expected a vitcnn_tf ViT, ResNetV2 or Mixer (a model "
+                     f"with a config of {', '.join(f.config_class.__name__ for f in FAMILIES)}), got config type "
+                     f"{type(config).__name__}")
