@@ -690,10 +690,9 @@ def build_report(args, setup, plans, records, zoo_rows, seconds):
     if args.preset == "paper":
         used = dict.fromkeys(name for plan in plans if plan.argv and plan.stage.paper
                              for name in plan.stage.paper.models if name in setup.models)
+        identities = {name: _model_identity(setup.models[name], args.zoo_dir) for name in used}
         models = tuple(report_lib.ModelRecord(name, _spec_file(setup.models[name]) or setup.models[name],
-                                              sha256=_file_sha256(_spec_file(setup.models[name]))
-                                              if _spec_file(setup.models[name]) else "")
-                       for name in used)
+                                              sha256=identities[name].get("sha256", "")) for name in used)
     else:
         models = tuple(report_lib.ModelRecord(row["recipe"], f"zoo recipe {row['recipe']}", sha256=row["sha256"],
                                               status=row["status"], accuracy=row["test_accuracy"],
@@ -784,16 +783,6 @@ def _stage_figures(out, stage_name, summary):
         return tuple(described)
     names = sorted(name for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
     return tuple(report_lib.FigureRecord(f"{stage_name}/{name}") for name in names)
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256_of(path, size, mtime):
-    return training.sha256_file(path)
-
-
-def _file_sha256(path):
-    """sha256 of a file, computed once per (path, size, modification time) in this process."""
-    return _sha256_of(*_file_key(path))
 
 
 def _model_identity(spec, zoo_dir):
