@@ -30,8 +30,10 @@ plan runs finished, 1 otherwise.
 """
 
 import argparse
+import concurrent.futures
 import gc
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -234,7 +236,10 @@ def main(argv=None):
     specs = checkpoint_specs(names, folders["checkpoints"], args.quick)
     print(f"writing {len(specs)} random-weight checkpoints into {folders['checkpoints']}", flush=True)
     clock = time.perf_counter()
-    checkpoints = write_checkpoints(specs, args.seed)
+    # In a child process: the stages' peak RSS (os.wait4) would otherwise start from this process's size when it
+    # forks them, as a forked child's resident set begins as its parent's.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        checkpoints = pool.submit(write_checkpoints, specs, args.seed).result()
     checkpoint_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     images = write_image_folder(folders["images"], args.classes, args.per_class, args.seed)

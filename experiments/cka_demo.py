@@ -9,7 +9,6 @@ activations to ``vitcnn_tf.metrics.cka.MinibatchCKA``, checks the heatmap agains
     python -m experiments.cka_demo --layers 24 --out /tmp/cka
 """
 
-import argparse
 import os
 import sys
 
@@ -17,6 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf.metrics import cka, reference  # noqa: E402
 
@@ -24,7 +24,7 @@ TOLERANCE = 1e-4  # float32 activations: Gram matrices in float32, everything af
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.new_parser(__doc__, "python -m experiments.cka_demo")
     parser.add_argument("--out", default="results/cka_demo", help="output folder (default results/cka_demo)")
     parser.add_argument("--layers", type=int, default=12, help="number of hidden ReLU layers (default 12)")
     parser.add_argument("--width", type=int, default=128, help="width of the hidden layers (default 128)")

@@ -6,6 +6,12 @@ Every experiment module ``experiments.<name>`` provides::
     run(options) -> dict                        # writes its files into options.out (atomically) and returns a
                                                 # JSON-able summary with a "findings" list of Finding.to_dict()
     main(argv=None) -> int                      # = common.main(sys.modules[__name__], argv)
+    check_options(options)                      # optional: module-specific checks run by check_options below
+
+Every option is checked before any work (:func:`check_options`): the output folder is writable, the dataset has
+the split, ``--num-examples`` fits the split and ``--batch-size``, every model spec names a model (and its file
+exists), and ranged options (``--mass``, ``--shots``, ``--block`` ...) are in range. A bad option ends the command
+with one line naming it and what was expected (exit status 2); ``--debug`` adds the traceback.
 
 A model is named by a *model spec* (``vitcnn_tf.model_specs``): a zoo recipe (``vit``, ``resnet``, ... see
 ``python -m experiments.train --list``), trained on first use and cached under ``--zoo-dir``; a saved Keras model
@@ -15,9 +21,12 @@ for a randomly initialised model.
 """
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import time
+import traceback
 
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import data as data_lib  # noqa: E402
@@ -26,6 +35,7 @@ from vitcnn_tf import model_specs as model_spec_lib  # noqa: E402
 from vitcnn_tf.atomic_io import json_safe  # noqa: E402
 
 DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
+USER_ERRORS = (ValueError, OSError)  # bad options, missing or unreadable files, a full disk: shown as one line
 STRATEGIES = ("none", "mirrored", "tpu", "multiworker")
 SUMMARY_FILE = "summary.json"
 
@@ -55,7 +65,17 @@ def add_common_arguments(parser, *, default_models, default_num_examples=1024, d
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--strategy", choices=STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
+    add_debug_argument(parser)
     return parser
+
+
+def add_debug_argument(parser):
+    """Adds ``--debug``: an error shows its traceback, not only its one-line message."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+class UserError(ValueError):
+    """A bad option or input file: reported as one line naming the option, without a traceback."""
 
 
 def add_seed_replicates_argument(parser, default):
@@ -82,6 +102,18 @@ def add_probe_arguments(parser):
     parser.add_argument("--max-feature-gb", type=float, default=linear_probes.DEFAULT_MAX_FEATURE_BYTES / 2**30,
                         help="GiB of train and test probe features held at once; layers are extracted in chunks "
                              "that fit (default: %(default)s)")
+
+
+def add_check_arguments(parser):
+    """Adds ``--check-examples`` and ``--null-permutations``: the Procrustes and permutation-null checks of the CKA
+    findings (``vitcnn_tf.paper.measure_checks``)."""
+    from vitcnn_tf.paper import measure_checks
+
+    parser.add_argument("--check-examples", type=_positive_int, default=measure_checks.DEFAULT_CHECK_EXAMPLES,
+                        help="evenly spaced examples of the CKA findings' checks (Procrustes, permutation null), "
+                             "rounded down to whole minibatches (default: %(default)s)")
+    parser.add_argument("--null-permutations", type=_positive_int, default=measure_checks.DEFAULT_NULL_PERMUTATIONS,
+                        help="shuffles of the permutation null of the compared CKA (default: %(default)s)")
 
 
 def seed_replicates(options):
@@ -131,10 +163,202 @@ def distribution_strategy(options):
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``<prog>: error: <message> (--help lists the options)``,
+    with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (--help lists the options)\n")
+
+
 def new_parser(module_doc, prog):
-    """An ``ArgumentParser`` whose help text is the module docstring."""
-    return argparse.ArgumentParser(prog=prog, description=module_doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A :class:`OneLineErrorParser` whose help text is the module docstring."""
+    return OneLineErrorParser(prog=prog, description=module_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def one_line(text):
+    """``text`` on one line: its lines joined with ``"; "``."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def user_errors(parser, debug=False):
+    """Ends the command with one line (``parser.error``, exit status 2) when the block raises one of
+    :data:`USER_ERRORS` (a bad option, a missing or unreadable file); with ``debug`` the traceback comes first.
+    Other exceptions (bugs) keep their traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        message = one_line(error) if isinstance(error, UserError) else \
+            f"{type(error).__name__}: {one_line(error)}" + ("" if debug else " (--debug shows the traceback)")
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def check_writable_folder(option, folder):
+    """Creates ``folder`` if needed and checks a file can be written in it; UserError naming ``option`` otherwise."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"{option} {folder}: expected a writable folder ({error.strerror or error})") from None
+
+
+def check_options(module, options, *, check_out=True):
+    """Checks every option of an experiment module before any work; raises :class:`UserError` naming the option.
+
+    The output folder is writable; the dataset has the split (every label a class index); ``--num-examples`` is at
+    most the split's size and at least ``--batch-size`` (a full minibatch); every model spec of ``--models``,
+    ``--little-data-models`` and ``--seed-replicates`` names a zoo recipe, a preset or an existing file; the ranged
+    options a module has are in range (``--mass`` in (0, 1], ``--shots``, ``--train-pool``, ``--token-grid``,
+    resamples >= 1, ``--max-channels`` >= 0, ``--fractions`` in (0, 1], ``--block`` a block of the first ViT of
+    ``--models``, ``--window-sizes`` at most its heads). Then the module's own ``check_options(options)``, if any.
+    ``check_out=False`` leaves the output folder alone (a caller that checked it already).
+    """
+    if check_out:
+        check_writable_folder("--out", options.out)
+    split = evaluation_split(options)
+    try:
+        data_lib.check_split(options.dataset, split, data_dir=options.data_dir)
+        size = data_lib.split_size(options.dataset, split, data_dir=options.data_dir)
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(f"--dataset {options.dataset} --split {split}: {one_line(error)}") from None
+    if options.num_examples > size:
+        raise UserError(f"--num-examples {options.num_examples}: expected at most the {size} examples of split "
+                        f"{split!r} of {options.dataset}")
+    if options.num_examples < options.batch_size:
+        raise UserError(f"--num-examples {options.num_examples}: expected at least --batch-size "
+                        f"{options.batch_size} (one full minibatch); give a smaller --batch-size")
+    configs = {}
+    for option in ("models", "little_data_models"):
+        for spec in getattr(options, option, None) or []:
+            configs[spec] = spec_config(spec, options, f"--{option.replace('_', '-')}")
+    for replicates in seed_replicates(options).values():
+        for spec in replicates:
+            configs[spec] = spec_config(spec, options, "--seed-replicates")
+    _check_ranges(options)
+    _check_block(options, [configs[spec] for spec in options.models if configs[spec] is not None])
+    if hasattr(module, "check_options"):
+        module.check_options(options)
+
+
+def spec_config(spec, options, option="--models"):
+    """The config dataclass of the model named by ``spec`` (a zoo recipe, a preset or a checkpoint) without
+    building it; None for a ``.keras`` file (checked when loaded). UserError naming ``option`` for a spec that names
+    no model or a missing file."""
+    from vitcnn_tf import zoo
+    from vitcnn_tf.models import registry
+
+    try:
+        parsed = model_spec_lib.parse_model_spec(spec)
+        if parsed.path is not None and not os.path.isfile(parsed.path):
+            raise UserError(f"{option} {spec}: no file {parsed.path!r} (absolute: {os.path.abspath(parsed.path)})")
+        if parsed.kind == "zoo":
+            return zoo.model_config(spec, data_dir=getattr(options, "data_dir", None))
+        if parsed.kind == "keras":
+            return None
+        return registry.model_config(parsed.preset, **parsed.overrides)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{option} {spec}: {one_line(error)}") from None
+
+
+def config_family(config):
+    """``"vit"``, ``"resnet"`` or ``"mixer"``: the registry family of a model config (None for None)."""
+    from vitcnn_tf.models import registry
+
+    if config is None:
+        return None
+    return next(family.name for family in registry.FAMILIES if isinstance(config, family.config_class))
+
+
+def check_model_families(options, *option_names, allowed, required=()):
+    """Checks that every model of the options ``option_names`` (dests such as ``"models"``) is of a family in
+    ``allowed`` and that ``required`` families are among them (``.keras`` files are checked when loaded);
+    UserError naming the option and the spec. For a module's ``check_options``."""
+    found = []
+    for name in option_names:
+        option = f"--{name.replace('_', '-')}"
+        for spec in getattr(options, name, None) or []:
+            family = config_family(spec_config(spec, options, option))
+            if family is not None and family not in allowed:
+                raise UserError(f"{option} {spec}: a {family} model; expected {' or '.join(allowed)}")
+            found.append(family)
+    missing = [family for family in required if family not in found]
+    if missing and None not in found:
+        raise UserError(f"--{option_names[0].replace('_', '-')} {' '.join(getattr(options, option_names[0]))}: "
+                        f"expected a {' and a '.join(missing)} model among them")
+
+
+def check_token_roles(options):
+    """The Section 7 roles of ``--models``: one CLS-token ViT, at most one GAP ViT and at most one ResNet;
+    UserError naming ``--models`` otherwise. For a module's ``check_options``."""
+    roles = {"CLS-token ViT": [], "GAP ViT": [], "ResNet": [], "other": []}
+    unknown = False
+    for spec in options.models:
+        config = spec_config(spec, options)
+        family = config_family(config)
+        if family is None:
+            unknown = True
+        elif family == "vit":
+            roles["CLS-token ViT" if config.classifier == "token" else "GAP ViT"].append(spec)
+        else:
+            roles["ResNet" if family == "resnet" else "other"].append(spec)
+    twice = [role for role in ("CLS-token ViT", "GAP ViT", "ResNet") if len(roles[role]) > 1]
+    if roles["other"] or twice or (not roles["CLS-token ViT"] and not unknown):
+        raise UserError(f"--models {' '.join(options.models)}: expected one CLS-token ViT, at most one GAP ViT and "
+                        "at most one ResNet")
+
+
+_AT_LEAST_ONE = ("shots", "train_pool", "token_grid", "num_resamples", "bootstrap_resamples", "passes")
+
+
+def _check_ranges(options):
+    for name in _AT_LEAST_ONE:
+        value = getattr(options, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} {value}: expected an integer >= 1")
+    mass = getattr(options, "mass", None)
+    if mass is not None and not 0 < mass <= 1:
+        raise UserError(f"--mass {mass}: expected a fraction in (0, 1]")
+    max_channels = getattr(options, "max_channels", None)
+    if max_channels is not None and max_channels < 0:
+        raise UserError(f"--max-channels {max_channels}: expected an integer >= 0 (0: every channel)")
+    fractions = getattr(options, "fractions", None)
+    if fractions is not None and not all(0 < fraction <= 1 for fraction in fractions):
+        raise UserError(f"--fractions {' '.join(map(str, fractions))}: expected fractions in (0, 1]")
+    if hasattr(options, "probe_seeds") and not options.probe_seeds:
+        raise UserError("--probe-seeds: expected at least one seed")
+    if getattr(options, "max_feature_gb", 1) <= 0:
+        raise UserError(f"--max-feature-gb {options.max_feature_gb}: expected a positive size")
+    pool = getattr(options, "train_pool", None)
+    if pool is not None:
+        try:
+            size = data_lib.split_size(options.dataset, "train", data_dir=options.data_dir)
+        except (ValueError, FileNotFoundError) as error:
+            raise UserError(f"--train-pool: the probes draw from split 'train' of {options.dataset}: "
+                            f"{one_line(error)}") from None
+        if pool > size:
+            raise UserError(f"--train-pool {pool}: expected at most the {size} examples of split 'train' of "
+                            f"{options.dataset}")
+
+
+def _check_block(options, configs):
+    """``--block`` (and ``--window-sizes``) against the first ViT of ``--models`` (``configs`` in order)."""
+    if not hasattr(options, "block"):
+        return
+    vit = next((config for config in configs if config_family(config) == "vit"), None)
+    layers = vit.num_layers if vit is not None else None
+    if options.block < 0 or (layers is not None and options.block >= layers):
+        expected = f"a block of the ViT, 0 .. {layers - 1}" if layers is not None else "a block index >= 0"
+        raise UserError(f"--block {options.block}: expected {expected}")
+    sizes = getattr(options, "window_sizes", None) or []
+    if vit is not None and any(size > vit.num_heads for size in sizes):
+        raise UserError(f"--window-sizes {' '.join(map(str, sizes))}: expected sizes of at most the ViT's "
+                        f"{vit.num_heads} heads")
 
 
 def load_models(specs, options):
@@ -179,10 +403,13 @@ def evaluation_data(options, size, *, split=None, num_examples=None, shuffle_see
     split = evaluation_split(options) if split is None else split
     num_examples = options.num_examples if num_examples is None else num_examples
     if full_batches and num_examples < options.batch_size:
-        raise ValueError(f"--num-examples={num_examples} is smaller than --batch-size={options.batch_size}: "
-                         "no full minibatch")
+        raise UserError(f"--num-examples={num_examples} is smaller than --batch-size={options.batch_size}: "
+                        "no full minibatch")
     data_lib.check_split(options.dataset, split, data_dir=options.data_dir)
     split_size = data_lib.split_size(options.dataset, split, data_dir=options.data_dir)
+    if num_examples > split_size:
+        raise UserError(f"{num_examples} examples asked of split {split!r} of {options.dataset}, which has "
+                        f"{split_size}")
     subset = dict(num_examples=num_examples) if num_examples < split_size else {}
     return data_lib.load_dataset(options.dataset, split, batch_size=options.batch_size, image_size=size,
                                  seed=0 if shuffle_seed is None else shuffle_seed, shuffle=shuffle_seed is not None,
@@ -190,9 +417,13 @@ def evaluation_data(options, size, *, split=None, num_examples=None, shuffle_see
 
 
 def main(module, argv=None):
-    """Entry point of an experiment module: parse, ``run``, print the findings table and the output folder."""
-    options = module.build_parser().parse_args(argv)
-    summary = module.run(options)
+    """Entry point of an experiment module: parse, :func:`check_options`, ``run``, print the findings table and the
+    output folder. A bad option or input file ends it with one line (:func:`user_errors`)."""
+    parser = module.build_parser()
+    options = parser.parse_args(argv)
+    with user_errors(parser, getattr(options, "debug", False)):
+        check_options(module, options)
+        summary = module.run(options)
     found = [findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])]
     if found:
         print(findings_lib.findings_table(found))

@@ -10,12 +10,25 @@ The work: the zoo models the stages use that are not cached yet (CPU preset only
 ``--zoo-dir`` as ``python -m experiments.train`` does), and one stage per experiment module
 (``sec4_representation_structure`` ... ``sec8_data_scale``). They run in ``--jobs`` single-threaded worker
 processes (default: one per CPU for the CPU preset; ``vitcnn_tf.parallel``), each stage as soon as its models are
-trained, the longest jobs first; ``--jobs 1`` runs everything in this process with progress bars. Each stage writes
-into ``<out>/<stage>/`` and finishes by writing ``<out>/<stage>/stage.json`` (atomically) with a fingerprint of
-everything that affects it: its options, the identity of its models (zoo recipe fingerprints and weight hashes,
-checkpoint hashes), the dataset, and its code (the stage module, the ``experiments`` helpers it imports and the
-``vitcnn_tf`` package). A stage whose ``stage.json`` fingerprint matches is not run again, so an interrupted run
-resumes where it stopped and a changed setting reruns exactly the stages it affects.
+trained, the longest jobs first; ``--jobs 1`` runs everything in this process with progress bars. A worker dies
+with this process (even on ``kill -9``).
+
+Stages and their records. A stage writes into a fresh hidden folder beside ``<out>/<stage>/``, finishes it with
+``stage.json`` (its record: a fingerprint of everything that affects it, every output file with its sha256, the
+models with their hashes, its example count and command line), and only then the folder replaces
+``<out>/<stage>/`` (:func:`vitcnn_tf.atomic_io.replace_folder`); a kill at any moment leaves the previous complete
+folder or none. The fingerprint covers its options (paths made absolute and normalised; the zoo folder and the
+output folder left out), the identity of its models (zoo recipe fingerprints and weight hashes, checkpoint hashes),
+the dataset, and its code (the stage module, the ``experiments`` helpers it imports and the ``vitcnn_tf``
+package). A stage whose record has the same fingerprint and whose listed files are all there, unchanged, is not run
+again; otherwise the run says why (settings changed, an output missing or changed) and runs it again. So an
+interrupted run resumes where it stopped, and a changed setting reruns exactly the stages it affects.
+
+One run at a time per output folder: a second run into it is refused (an ``fcntl`` lock on ``<out>/.lock``, freed
+by the kernel when its holder dies). Temporary files and folders of a killed run are removed at the start.
+
+Every option is checked before any work (each stage's options by :func:`experiments.common.check_options`); a bad
+one ends the run with one line naming it (``--debug`` adds the traceback).
 
 ``--preset paper`` runs the paper's figures on the published checkpoints of ``CHECKPOINTS`` (expected in
 ``--checkpoints``, nothing is downloaded), at their 224 px, on tfds ``imagenet2012`` split ``validation`` by
@@ -29,11 +42,16 @@ optional GAP ViT of Figures 10 and 11.
 Outputs: every stage's data files and figures, ``findings.json``, ``report.md`` and a self-contained
 ``report.html`` (:mod:`vitcnn_tf.report`): a summary header (verdict counts, models with their sha256, dataset,
 split, example counts, hardware, time), the paper's claims beside our verdicts, and the figures in the paper's
-order with captions. ``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation
+order with captions. The report is built from every valid stage record in ``--out`` with this run's preset, dataset
+and split, so ``--only`` updates its stages and keeps the others. It describes the folder, not the invocation: a
+stage shows the time it took when it ran, whether in this run or an earlier one. The terminal shows the plan, one
+progress line per stage or training with an estimate of the time left, and a one-screen summary at the end.
+``--strategy mirrored|tpu|multiworker`` runs representation extraction and CKA accumulation
 under that ``tf.distribute`` strategy.
 """
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -42,6 +60,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -57,8 +76,12 @@ from vitcnn_tf import report as report_lib  # noqa: E402
 from vitcnn_tf import training  # noqa: E402
 
 STAGE_FILE = "stage.json"
-_NOT_AFFECTING_RESULTS = ("out", "progress")  # options left out of a stage's fingerprint
-STAGE_FORMAT = 1
+# options left out of a stage's fingerprint: where results go, how they are shown, and the zoo folder (its models
+# enter the fingerprint by their recipe fingerprints and weight hashes)
+_NOT_AFFECTING_RESULTS = ("out", "progress", "debug", "zoo_dir")
+_PATH_OPTIONS = ("data_dir",)  # made absolute and normalised in the fingerprint
+_SPEC_OPTIONS = ("models", "little_data_models")  # model specs, with file paths made absolute
+STAGE_FORMAT = 2
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_BATCH = 4  # unbiased HSIC needs 4 examples per minibatch
 
@@ -113,7 +136,8 @@ CHECKPOINTS = (
                "AugReg ViT-L/16 pre-trained on ImageNet-21k, the same recipe as its ImageNet-1k twin"),
 )
 OPTIONAL_MODELS = {"gap_vit": "a ViT trained with global average pooling (no public release in the .npz format; "
-                              "give one with --model gap_vit=PRESET:classifier=gap,...=file.npz)"}
+                              "give one with --model gap_vit=PRESET:classifier=gap,...=file.npz, or a timm "
+                              "file.safetensors such as vit_base_patch16_gap_224's)"}
 IMAGENET1K_FRACTION = 0.09  # ImageNet-1k's 1.28M training images are 9% of ImageNet-21k's 14.2M
 
 
@@ -180,11 +204,13 @@ STAGES = (
     Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("5", ("vit_b16", "bit_r50")),), batch_size=32,
                      min_batches=2), expected_seconds=55),
+    # 6 of the ViT's blocks and 4 random channels per image and layer: 12 + 4 taps at 5 passes each (one forward,
+    # 4 backward) per 32 images, under 30 minutes on a 2-core CPU (docs/reproduction.md).
     Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("6", ("vit_b16", "bit_r50")), ("C", ("vit_b16",))),
-                     batch_size=32, num_examples=32,
+                     batch_size=32, num_examples=32, extra=(("--num-blocks", "6"), ("--max-channels", "4")),
                      source="Figure 6: 'Results are averaged across all channels in each map for 32 "
-                            "randomly-selected images'"), expected_seconds=115),
+                            "randomly-selected images'"), expected_seconds=80),
     Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("7", ("vit_b16", "bit_r50")),), batch_size=32),
           expected_seconds=65),
@@ -215,8 +241,7 @@ PAPER_SKIPPED_FIGURES = (
 PRESETS = ("cpu", "paper")
 
 
-class UserError(ValueError):
-    """A bad option or input file: reported as one line naming the option, without a traceback."""
+UserError = common.UserError
 
 
 def build_parser():
@@ -248,18 +273,24 @@ def build_parser():
                         help="worker processes running zoo trainings and stages at once, one thread each (default: "
                              "one per CPU with --preset cpu and no --strategy, else 1: in this process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    common.add_debug_argument(parser)
     return parser
 
 
 def selected_stages(only):
-    """The stages named by ``--only`` (comma-separated names or unique prefixes), in pipeline order."""
-    if not only:
+    """The stages named by ``--only`` (comma-separated names or prefixes), in pipeline order; None: all.
+    UserError for a name that matches no stage or an empty selection."""
+    if only is None:
         return list(STAGES)
     chosen = set()
-    for token in filter(None, (t.strip() for t in only.split(","))):
+    names = ", ".join(stage.name for stage in STAGES)
+    tokens = [token.strip() for token in only.split(",") if token.strip()]
+    if not tokens:
+        raise UserError(f"--only {only!r}: expected comma-separated stage names or prefixes; stages are {names}")
+    for token in tokens:
         matches = [stage.name for stage in STAGES if stage.name.startswith(token)]
         if not matches:
-            raise ValueError(f"--only: {token!r} names no stage; stages are {', '.join(s.name for s in STAGES)}")
+            raise UserError(f"--only: {token!r} names no stage; stages are {names}")
         chosen.update(matches)
     return [stage for stage in STAGES if stage.name in chosen]
 
@@ -267,7 +298,8 @@ def selected_stages(only):
 @dataclasses.dataclass
 class StagePlan:
     """What the run will do with a stage: ``argv`` its command line (None: skipped, ``reason`` says why),
-    ``num_examples`` (None: the stage's default) and ``lost`` ``(figure, reason)`` of figures it will not draw."""
+    ``num_examples`` (None: the stage's default), ``lost`` ``(figure, reason)`` of figures it will not draw and
+    ``models`` ``(name, spec)`` of its models (checkpoint names, or zoo recipes)."""
 
     stage: Stage
     argv: list | None
@@ -275,6 +307,8 @@ class StagePlan:
     reason: str = ""
     lost: tuple = ()
     figures: tuple = ()
+    models: tuple = ()
+    run: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,10 +334,17 @@ def check_inputs(args, stages):
     try:
         info = data_lib.check_split(dataset, split, data_dir=args.data_dir)
     except (ValueError, FileNotFoundError) as error:
-        raise UserError(f"--dataset {dataset} --split {split} (--data-dir {args.data_dir}): {error}") from None
+        raise UserError(f"--dataset {dataset} --split {split} (--data-dir {args.data_dir}): "
+                        f"{common.one_line(error)}") from None
     models, missing = {}, {}
     if args.preset == "paper":
         models, missing = resolve_checkpoints(args)
+        if not models:
+            where = ("is not a folder" if not os.path.isdir(args.checkpoints) else
+                     "holds none of the paper's checkpoint files")
+            raise UserError(f"--checkpoints {args.checkpoints}: {where}; expected the published files "
+                            f"({', '.join(checkpoint.file for checkpoint in CHECKPOINTS[:2])} and "
+                            f"{len(CHECKPOINTS) - 2} more, listed in experiments/reproduce.py) or --model NAME=SPEC")
         needed = {name for stage in stages if stage.paper for name in stage.paper.models}
         problems = []
         for name in sorted(needed & set(models)):
@@ -346,8 +387,8 @@ def resolve_checkpoints(args):
 
 
 def check_checkpoint(spec):
-    """Problems (strings naming the file, the key and both shapes) of the ``.npz`` of ``spec``
-    (``PRESET[:overrides]=file.npz``) against the model it names; [] when it loads. Other specs (zoo recipes,
+    """Problems (strings naming the file, the key and both shapes) of the ``.npz`` (or timm ``.safetensors``) of
+    ``spec`` (``PRESET[:overrides]=file.npz``) against the model it names; [] when it loads. Other specs (zoo recipes,
     ``.keras`` files) are checked when the stage loads them.
 
     The model is built under ``keras.StatelessScope(initialize_variables=False)``: its variables get shapes but no
@@ -372,6 +413,10 @@ def check_checkpoint(spec):
             expected = {key: tuple(variable.shape) for key, variable in model.checkpoint_variables().items()}
     except (ValueError, TypeError) as error:
         return [f"{path}: cannot build the model {spec.rsplit('=', 1)[0]!r}: {error}"]
+    if path.endswith(".safetensors"):  # a timm file: its header against the timm table of the model
+        from vitcnn_tf.models import timm
+
+        return timm.check_timm(model, path)
     try:
         found = npz_shapes(path)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -427,15 +472,19 @@ def parse_num_examples(entries, stages):
 
 
 def plan_stages(args, stages, setup):
-    """One :class:`StagePlan` per stage: its command line (or why it is skipped), example count and minibatch."""
+    """One :class:`StagePlan` per stage: its command line (or why it is skipped), example count and minibatch.
+    Each runnable stage's options are checked (:func:`experiments.common.check_options`); UserError names the
+    stage and the option."""
     everywhere, per_stage = parse_num_examples(args.num_examples, stages)
+    run = {"preset": args.preset, "dataset": setup.dataset, "split": setup.split}
     if args.batch_size is not None and args.batch_size < MIN_BATCH:
         raise UserError(f"--batch-size: expected at least {MIN_BATCH} (unbiased HSIC), got {args.batch_size}")
     plans = []
     for stage in stages:
         paper = stage.paper if args.preset == "paper" else None
         if args.preset == "paper" and paper is None:
-            plans.append(StagePlan(stage, None, reason=stage.paper_skip or "no public checkpoints for its models"))
+            plans.append(StagePlan(stage, None, reason=stage.paper_skip or "no public checkpoints for its models",
+                                   run=run))
             continue
         module = stage.load()
         parser = module.build_parser()
@@ -448,13 +497,13 @@ def plan_stages(args, stages, setup):
             argv.append("--no-progress")
         if args.strategy != "none":
             argv += ["--strategy", args.strategy]
-        lost, figures = (), ()
+        lost, figures, names = (), (), {}
         if paper is not None:
             absent = [name for name in paper.models if name not in setup.models]
             required = [name for name in absent if name not in paper.optional]
             if required:
                 plans.append(StagePlan(stage, None, reason="missing " + "; ".join(
-                    f"{name}: {setup.missing[name]}" for name in required)))
+                    f"{name}: {setup.missing[name]}" for name in required), run=run))
                 continue
             lost = tuple((figure, f"needs {', '.join(needs)}: " + "; ".join(setup.missing[n] for n in needs
                                                                             if n in absent))
@@ -462,11 +511,13 @@ def plan_stages(args, stages, setup):
             figures = tuple(figure for figure, needs in paper.figures if not set(needs) & set(absent))
             given = [name for name in paper.models if name in setup.models]
             argv += ["--models", *(setup.models[name] for name in given)]
+            names.update((setup.models[name], name) for name in given)
             if paper.twins:
                 option, twin_names = paper.twins
                 twins = dict(zip(paper.models, twin_names))
                 if option in parser._option_string_actions and all(twins[name] in setup.models for name in given):
                     argv += [option, *(setup.models[twins[name]] for name in given)]
+                    names.update((setup.models[twins[name]], twins[name]) for name in given)
                 else:
                     why = (f"the stage has no {option} option" if option not in parser._option_string_actions
                            else "; ".join(f"{name} has no twin: {setup.missing[twins[name]]}" for name in given
@@ -494,13 +545,22 @@ def plan_stages(args, stages, setup):
             argv += ["--num-examples", str(count)]
         if fitted != defaults.batch_size:
             argv += ["--batch-size", str(fitted)]
-        plans.append(StagePlan(stage, argv, num_examples=effective_count, lost=lost, figures=figures))
+        options = parser.parse_args(argv)
+        try:
+            common.check_options(module, options, check_out=False)
+        except UserError as error:
+            raise UserError(f"stage {stage.name}: {error}") from None
+        models = tuple((names.get(spec, spec), spec) for spec in common.model_specs(options))
+        plans.append(StagePlan(stage, argv, num_examples=effective_count, lost=lost, figures=figures, models=models,
+                               run=run))
     return plans
 
 
 def plan_text(args, plans, setup):
     """The plan printed before any work: which figures run and which are skipped, and why."""
-    lines = [f"dataset {setup.dataset}, split {setup.split}" + (f" in {args.data_dir}" if args.data_dir else "")]
+    workers = "in this process" if args.jobs == 1 else f"in {args.jobs} worker processes"
+    lines = [f"preset {args.preset} into {os.path.abspath(args.out)}, {workers}",
+             f"dataset {setup.dataset}, split {setup.split}" + (f" in {args.data_dir}" if args.data_dir else "")]
     for plan in plans:
         if plan.argv is None:
             lines.append(f"  skip {plan.stage.name}: {plan.reason}")
@@ -523,20 +583,57 @@ def _probe_pool(args, setup, shots):
 
 
 def _spec_file(spec):
-    """The ``.npz`` file of a ``PRESET[:overrides]=file.npz`` spec, else None."""
+    """The checkpoint file of a ``PRESET[:overrides]=file.npz`` (or ``=file.safetensors``) spec, else None."""
     head, separator, tail = spec.rpartition("=")
-    return tail if separator and tail.endswith(".npz") else None
+    return tail if separator and tail.endswith((".npz", ".safetensors")) else None
 
 
 def stage_fingerprint(module, options):
-    """sha256 of the stage's options and of the identity of its models and code (:func:`code_files`)."""
-    settings = {key: value for key, value in vars(options).items() if key not in _NOT_AFFECTING_RESULTS}
-    parts = {"format": STAGE_FORMAT, "module": module.__name__, "options": json.dumps(settings, sort_keys=True,
-                                                                                       default=str),
-             "models": [_model_identity(spec, options.zoo_dir) for spec in common.model_specs(options)],
+    """sha256 of the stage's options and of the identity of its models and code (:func:`code_files`).
+
+    Options enter in a spelling-free form (:func:`fingerprint_settings`), models by their content
+    (:func:`vitcnn_tf.model_specs.model_identity`: weight hashes, zoo recipe fingerprints), so the same folder or
+    file named another way (relative, absolute, with a trailing ``/``) gives the same fingerprint."""
+    identities = [_model_identity(spec, options.zoo_dir) for spec in common.model_specs(options)]
+    parts = {"format": STAGE_FORMAT, "module": module.__name__,
+             "options": json.dumps(fingerprint_settings(options), sort_keys=True, default=str),
+             "models": identities,
              "code": {os.path.relpath(path, _PROJECT_ROOT): training.sha256_file(path)
                       for path in code_files(module.__name__)}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint_settings(options):
+    """The options of a stage as they enter its fingerprint: without those of ``_NOT_AFFECTING_RESULTS``, folder
+    options absolute and normalised, model specs (``--models``, ``--little-data-models``, ``--seed-replicates``)
+    with their files' absolute paths (their content enters by hash)."""
+    settings = {key: value for key, value in vars(options).items() if key not in _NOT_AFFECTING_RESULTS}
+    for key in _PATH_OPTIONS:
+        if settings.get(key) is not None:
+            settings[key] = _normal_path(settings[key])
+    for key in _SPEC_OPTIONS:
+        if settings.get(key) is not None:
+            settings[key] = [_normal_spec(spec) for spec in settings[key]]
+    if settings.get("seed_replicates") is not None:
+        settings["seed_replicates"] = [
+            "=".join(map(_normal_spec, entry.split("=", 1))) if "=" in entry else entry
+            for entry in settings["seed_replicates"]]
+    return settings
+
+
+def _normal_path(path):
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _normal_spec(spec):
+    """``spec`` with its file (``.keras``, checkpoint) as a normalised absolute path."""
+    try:
+        parsed = model_specs.parse_model_spec(spec)
+    except ValueError:
+        return spec
+    if parsed.path is None:
+        return spec
+    return spec[: len(spec) - len(parsed.path)] + _normal_path(parsed.path)
 
 
 def code_files(module_name, packages=("experiments",)):
@@ -580,129 +677,317 @@ def _module_exists(name):
         return False
 
 
-def finished_summary(stage_dir, fingerprint):
-    """The stored summary of a finished stage with this fingerprint, else None."""
+def read_stage_record(stage_dir):
+    """``(record, problem)`` of the stage folder ``stage_dir``: its ``stage.json`` record when it is readable, of
+    this format, and every output it lists is there with its recorded sha256 (problem ""); else ``(None, why)``
+    (``why`` "" when there is no record at all)."""
+    path = os.path.join(stage_dir, STAGE_FILE)
     try:
-        with open(os.path.join(stage_dir, STAGE_FILE)) as handle:
+        with open(path) as handle:
             record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-        return None
-    return record.get("summary")
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as error:
+        return None, f"its record {STAGE_FILE} is unreadable ({error})"
+    if not isinstance(record, dict) or record.get("format") != STAGE_FORMAT or not isinstance(
+            record.get("files"), dict) or not isinstance(record.get("summary"), dict):
+        return None, f"its record {STAGE_FILE} is of an older format"
+    problems = atomic_io.changed_files(stage_dir, record["files"])
+    if problems:
+        name, what = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        text = "is missing" if what == "missing" else "changed since the stage wrote it"
+        return None, f"its output {name} {text}{more}"
+    return record, ""
 
 
-def run_stage(plan, log=print):
-    """Runs (or reuses) one planned stage; returns its record ``{stage, status, seconds, summary, note}``."""
+def run_stage(plan):
+    """Runs (or reuses) one planned stage; returns ``{stage, status, seconds, summary, note, record, why, error}``.
+
+    ``status``: ``reused`` (its record matches and its outputs are intact), ``ran``, ``failed`` or ``skipped``;
+    ``why`` says why a stage with a record runs again; ``error`` (failed) is ``(one-line message, traceback,
+    whether it is a user error)``. The stage writes into a fresh folder that replaces ``<out>/<stage>`` once its
+    record is written (module docstring)."""
     stage = plan.stage
     if plan.argv is None:
         return {"stage": stage.name, "status": "skipped", "seconds": 0.0, "summary": {"findings": []},
-                "note": plan.reason}
+                "note": plan.reason, "record": None, "why": "", "error": None}
     module = stage.load()
     options = module.build_parser().parse_args(plan.argv)
     fingerprint = stage_fingerprint(module, options)
-    summary = finished_summary(options.out, fingerprint)
-    if summary is not None:
-        log(f"[{stage.name}] up to date, reusing {options.out}")
-        return {"stage": stage.name, "status": "reused", "seconds": 0.0, "summary": summary, "note": ""}
-    log(f"[{stage.name}] running: python -m {module.__name__} {' '.join(plan.argv)}")
+    target = options.out
+    record, why = read_stage_record(target)
+    if record is not None and record.get("fingerprint") == fingerprint:
+        return {"stage": stage.name, "status": "reused", "seconds": record["seconds"], "summary": record["summary"],
+                "note": "", "record": record, "why": "", "error": None}
+    if record is not None:
+        why = "its options, models or code changed"
+    options.out = atomic_io.fresh_sibling(target)
     start = time.perf_counter()
     try:
         summary = module.run(options)
-    except Exception as error:  # noqa: BLE001 (one failed stage must not lose the others; the traceback is shown)
-        traceback.print_exc()
-        log(f"[{stage.name}] FAILED; the other stages go on, and a rerun retries this one")
+        seconds = time.perf_counter() - start
+        record = {"format": STAGE_FORMAT, "stage": stage.name, "fingerprint": fingerprint, "run": plan.run,
+                  "command": _command(module, plan.argv),
+                  "num_examples": summary.get("num_examples", plan.num_examples),
+                  "models": [{"name": name, "source": _spec_file(spec) or spec,
+                              "sha256": _model_sha256(_model_identity(spec, options.zoo_dir))}
+                             for name, spec in plan.models],
+                  "lost_figures": [list(item) for item in plan.lost], "seconds": round(seconds, 1),
+                  "summary": summary, "files": atomic_io.file_hashes(options.out, exclude=(STAGE_FILE,))}
+        atomic_io.write_json(os.path.join(options.out, STAGE_FILE), record)  # last: the folder is complete
+        atomic_io.replace_folder(options.out, target)
+    except Exception as error:  # noqa: BLE001 (one failed stage must not lose the others)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(options.out)
+        message = common.one_line(error) if isinstance(error, UserError) else \
+            f"{type(error).__name__}: {common.one_line(error)}"
         return {"stage": stage.name, "status": "failed", "seconds": time.perf_counter() - start,
-                "summary": {"findings": []}, "note": f"{type(error).__name__}: {error}"}
-    seconds = time.perf_counter() - start
-    atomic_io.write_json(os.path.join(options.out, STAGE_FILE),
-                         {"fingerprint": fingerprint, "seconds": seconds, "summary": summary})
-    log(f"[{stage.name}] done in {seconds:.0f} s")
-    return {"stage": stage.name, "status": "ran", "seconds": seconds, "summary": summary, "note": ""}
+                "summary": {"findings": []}, "note": message, "record": None, "why": why,
+                "error": (message, traceback.format_exc(), isinstance(error, common.USER_ERRORS))}
+    return {"stage": stage.name, "status": "ran", "seconds": record["seconds"], "summary": record["summary"],
+            "note": "", "record": record, "why": why, "error": None}
 
 
-def stage_recipes(stage):
-    """The zoo recipes a CPU-preset stage uses (those of its default ``--models`` and ``--seed-replicates``)."""
-    from vitcnn_tf import zoo
+def _command(module, argv):
+    """The stage's command line without what does not affect its results: ``--out`` (the record's own folder) and
+    ``--no-progress``."""
+    index = argv.index("--out")
+    kept = [item for item in argv[:index] + argv[index + 2:] if item != "--no-progress"]
+    return " ".join(["python -m", module.__name__, *kept])
 
-    return [spec for spec in common.model_specs(stage.load().build_parser().parse_args([])) if spec in zoo.RECIPES]
+
+def _model_sha256(identity):
+    return identity.get("sha256") or identity.get("weights_sha256") or ""
 
 
-def run_pipeline(args, plans, log=print):
+def run_pipeline(args, plans, progress):
     """Trains the missing zoo models (CPU preset) and runs the planned stages in ``args.jobs`` worker processes,
-    each stage as soon as its models are ready; returns ``(stage records in pipeline order, zoo rows)``."""
+    each stage as soon as its models are ready; ``progress`` (:class:`PipelineProgress`) is told of every start and
+    end. Returns ``(results of run_stage in plan order, {recipe: "trained" | "cached" | "failed"})``."""
     from vitcnn_tf import parallel, zoo
 
-    workers = args.jobs
-    tasks, zoo_rows = [], []
-    recipes_of = {plan.stage.name: stage_recipes(plan.stage) if args.preset == "cpu" and plan.argv else []
-                  for plan in plans}
+    recipes_of = {plan.stage.name: [spec for _, spec in plan.models if spec in zoo.RECIPES]
+                  if args.preset == "cpu" and plan.argv else [] for plan in plans}
     needed = list(dict.fromkeys(recipe for recipes in recipes_of.values() for recipe in recipes))
-    if needed:
-        verbose = "auto" if workers == 1 and args.progress else 0  # Keras progress bars in this process only
-        tasks += [zoo.training_task(recipe, args.zoo_dir, data_dir=args.data_dir, verbose=verbose,
-                                    name=f"zoo/{recipe}")
-                  for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
-    trainings = {task.name for task in tasks}  # names of the zoo tasks of this run
+    verbose = "auto" if args.jobs == 1 and args.progress else 0  # progress bars in this process only
+    tasks = [zoo.training_task(recipe, args.zoo_dir, data_dir=args.data_dir, verbose=verbose, name=f"zoo/{recipe}")
+             for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
+    trainings = {task.name for task in tasks}
     tasks += [parallel.Task(plan.stage.name, run_stage, (plan,),
                             after=tuple(f"zoo/{r}" for r in recipes_of[plan.stage.name] if f"zoo/{r}" in trainings),
-                            cost=plan.stage.expected_seconds) for plan in plans]
-    start = time.perf_counter()
-
-    def started(task):
-        if task.name in trainings:
-            log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] training")
-
-    def done(task, result):
-        if task.name in trainings:
-            log(f"[{time.perf_counter() - start:5.0f} s] [{task.name}] trained in {result['wall_time_seconds']:.0f} s, "
-                f"test accuracy {result['test_accuracy']:.3f}")
-
+                            cost=plan.stage.expected_seconds if plan.argv else 0.0) for plan in plans]
+    progress.begin(tasks)
+    failures = {}
     try:
-        results = parallel.run_tasks(tasks, num_workers=workers, on_start=started, on_done=done)
+        results = parallel.run_tasks(tasks, num_workers=args.jobs, on_start=progress.started,
+                                     on_done=progress.done, on_tick=progress.tick)
     except parallel.TasksFailed as failure:
-        results = failure.results
-        for name, text in failure.failures.items():
-            log(f"[{name}] FAILED:\n{text}")
-    records = [results.get(plan.stage.name) or {"stage": plan.stage.name, "status": "failed", "seconds": 0.0,
-                                                "summary": {"findings": []}, "note": "its worker process failed"}
-               for plan in plans]
-    for recipe in needed:
-        record = zoo.cached_record(recipe, args.zoo_dir)
+        results, failures = failure.results, failure.failures
+        for name, text in failures.items():
+            progress.failed(name, text)
+    records = [results.get(plan.stage.name) or {
+        "stage": plan.stage.name, "status": "failed", "seconds": 0.0, "summary": {"findings": []}, "record": None,
+        "note": failure_line(failures.get(plan.stage.name, "its worker process failed")), "why": "",
+        "error": None} for plan in plans]
+    zoo_status = {recipe: "trained" if f"zoo/{recipe}" in results else
+                  "failed" if f"zoo/{recipe}" in trainings else "cached" for recipe in needed}
+    return records, zoo_status
+
+
+def failure_line(text):
+    """The last line of a failure text (a traceback's exception line)."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed"
+
+
+class PipelineProgress:
+    """What the terminal shows while the pipeline runs: a line per finished stage or training (and per start when
+    the stages run in this process, where their own progress bars follow), each with the tasks done and an estimate
+    of the time left; with worker processes on a terminal, one status line redrawn in place as well (a bar over the
+    tasks, the time left, every running task with its time so far).
+
+    The estimate: the expected seconds of the tasks not finished (``Task.cost``: a stage's ``expected_seconds``, a
+    zoo recipe's :func:`vitcnn_tf.zoo.estimated_seconds`), scaled by how long finished tasks took against their
+    expectation, spread over the workers."""
+
+    def __init__(self, workers, live, stream=None, debug=False):
+        self.workers, self.live, self.debug = workers, live, debug
+        self.stream = stream if stream is not None else sys.stderr
+        self.expected, self.running, self.finished, self.actual = {}, {}, set(), {}
+        self.start = time.perf_counter()
+
+    def begin(self, tasks):
+        self.expected = {task.name: float(task.cost) for task in tasks}
+        self.start = time.perf_counter()
+
+    def started(self, task):
+        self.running[task.name] = time.perf_counter()
+        if self.workers == 1 and self.expected[task.name] > 0:
+            self._line(f"{task.name}: started ({self._counts()})")
+        self.tick()
+
+    def done(self, task, result):
+        began = self.running.pop(task.name, time.perf_counter())
+        self.finished.add(task.name)
+        if task.name.startswith("zoo/"):
+            self.actual[task.name] = time.perf_counter() - began
+            self._line(f"{task.name}: trained in {_duration(result['wall_time_seconds'])}, test accuracy "
+                       f"{result['test_accuracy']:.3f} ({self._counts()})")
+        elif result["status"] == "skipped":
+            pass
+        elif result["status"] == "reused":
+            self._line(f"{task.name}: up to date, reused ({self._counts()})")
+        elif result["status"] == "ran":
+            self.actual[task.name] = time.perf_counter() - began
+            why = f" (rerun: {result['why']})" if result["why"] else ""
+            self._line(f"{task.name}: ran in {_duration(result['seconds'])}{why} ({self._counts()})")
+        else:
+            message, text, user_error = result["error"]
+            if self.debug or not user_error:
+                self._write(text)
+            self._line(f"{task.name}: FAILED: {message}; the other stages go on, a rerun retries this one")
+        self.tick()
+
+    def failed(self, name, text):
+        if name not in self.finished:
+            self.finished.add(name)
+            self._line(f"{name}: FAILED: {failure_line(text)}")
+            if self.debug and "Traceback" in text:
+                self._write(text)
+
+    def tick(self):
+        if self.live:
+            self.stream.write("\r\033[K" + self._status()[:_terminal_width() - 1])
+            self.stream.flush()
+
+    def close(self):
+        if self.live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def seconds_left(self):
+        """Estimated seconds until every task has finished."""
+        now = time.perf_counter()
+        measured = [name for name in self.actual if self.expected.get(name)]
+        expected_done = sum(self.expected[name] for name in measured)
+        pace = sum(self.actual[name] for name in measured) / expected_done if expected_done else 1.0
+        left = sum(cost for name, cost in self.expected.items() if name not in self.finished and
+                   name not in self.running)
+        left += sum(max(self.expected[name] - (now - began) / pace, 0.0) for name, began in self.running.items())
+        return left * pace / self.workers
+
+    def _counts(self):
+        total = sum(cost > 0 for cost in self.expected.values())
+        done = sum(1 for name in self.finished if self.expected.get(name, 0) > 0)
+        left = self.seconds_left()
+        return f"{done}/{total} done" + (f", about {_duration(left)} left" if done < total else "")
+
+    def _status(self):
+        total = max(sum(cost > 0 for cost in self.expected.values()), 1)
+        done = sum(1 for name in self.finished if self.expected.get(name, 0) > 0)
+        width = 20
+        bar = "#" * (width * done // total) + "-" * (width - width * done // total)
+        now = time.perf_counter()
+        running = ", ".join(f"{name} {_clock(now - began)}" for name, began in self.running.items()
+                            if self.expected.get(name, 0) > 0)
+        return (f"[{bar}] {done}/{total}  {_clock(now - self.start)} elapsed, about {_duration(self.seconds_left())} "
+                f"left" + (f"  running: {running}" if running else ""))
+
+    def _line(self, text):
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(f"[{_clock(time.perf_counter() - self.start)}] {text}\n")
+        self.stream.flush()
+
+    def _write(self, text):
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(text if text.endswith("\n") else text + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _duration(seconds):
+    seconds = float(seconds)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _terminal_width():
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def collect_stages(args, plans, results):
+    """``[(stage, plan or None, result or None, record or None)]`` for every stage of ``STAGES`` in pipeline order:
+    this run's plan and result, and the stage record the report uses (this run's, or a valid record of an earlier
+    run in ``args.out`` with this run's preset, dataset and split). Also returns the names of stages whose records
+    were left out, with why."""
+    by_name = {plan.stage.name: (plan, result) for plan, result in zip(plans, results)}
+    run = plans[0].run if plans else {}
+    rows, left_out = [], []
+    for stage in STAGES:
+        plan, result = by_name.get(stage.name, (None, None))
+        record = result.get("record") if result else None
+        if plan is None:
+            record, _ = read_stage_record(os.path.join(args.out, stage.name))
+            if record is not None and record.get("run") != run:
+                left_out.append((stage.name, "its record is for " + ", ".join(
+                    f"{key} {value}" for key, value in sorted((record.get("run") or {}).items()))))
+                record = None
+        rows.append((stage, plan, result, record))
+    return rows, left_out
+
+
+def build_report(args, setup, rows, seconds):
+    """The :class:`vitcnn_tf.report.Report` of the output folder from :func:`collect_stages` rows: every stage with
+    a record (this run's or an earlier one's), this run's failed and skipped stages, and the stages without a
+    record ("not run")."""
+    from vitcnn_tf import zoo
+
+    stages, models, skipped = [], {}, []
+    for stage, plan, result, record in rows:
         if record is not None:
-            zoo_rows.append({"recipe": recipe, "status": "trained" if f"zoo/{recipe}" in results else "loaded",
-                             "test_accuracy": record["test_accuracy"], "train_seconds": record["wall_time_seconds"],
-                             "sha256": record.get("weights_sha256", "")})
-    return records, zoo_rows
-
-
-def build_report(args, setup, plans, records, zoo_rows, seconds):
-    """The :class:`vitcnn_tf.report.Report` of a run from its plans, stage records and zoo rows."""
-    stages = []
-    for plan, record in zip(plans, records):
-        summary = record["summary"]
+            status, note, summary = "ran", "", record["summary"]
+            found_seconds, count = record["seconds"], record.get("num_examples")
+            skipped += [tuple(item) for item in record.get("lost_figures", [])]
+            for model in record.get("models", []):
+                models.setdefault(model["name"], model)
+        elif result is not None:
+            status, note, summary, found_seconds, count = result["status"], result["note"], {}, result["seconds"], None
+            skipped += list(plan.lost)
+        else:
+            status, note, summary, found_seconds, count = (
+                "not run", f"no valid record in this folder; python -m experiments.reproduce --only {stage.name} "
+                           "runs it", {}, 0.0, None)
         stages.append(report_lib.StageRecord(
-            name=plan.stage.name, section=plan.stage.section, title=plan.stage.title, status=record["status"],
-            seconds=record["seconds"], note=record.get("note", ""),
-            findings=tuple(findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])),
-            figures=_stage_figures(args.out, plan.stage.name, summary),
-            num_examples=summary.get("num_examples", plan.num_examples) if plan.argv else None))
+            name=stage.name, section=stage.section, title=stage.title, status=status, seconds=found_seconds,
+            note=note, findings=tuple(findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])),
+            figures=_stage_figures(args.out, stage.name, summary) if record is not None else (),
+            num_examples=count))
     if args.preset == "paper":
-        used = dict.fromkeys(name for plan in plans if plan.argv and plan.stage.paper
-                             for name in plan.stage.paper.models if name in setup.models)
-        identities = {name: _model_identity(setup.models[name], args.zoo_dir) for name in used}
-        models = tuple(report_lib.ModelRecord(name, _spec_file(setup.models[name]) or setup.models[name],
-                                              sha256=identities[name].get("sha256", "")) for name in used)
+        model_rows = tuple(report_lib.ModelRecord(name, model["source"], sha256=model["sha256"])
+                           for name, model in models.items())
     else:
-        models = tuple(report_lib.ModelRecord(row["recipe"], f"zoo recipe {row['recipe']}", sha256=row["sha256"],
-                                              status=row["status"], accuracy=row["test_accuracy"],
-                                              train_seconds=row["train_seconds"]) for row in zoo_rows)
-    skipped = [(figure, reason) for plan in plans for figure, reason in plan.lost]
+        model_rows = []
+        for name, model in models.items():
+            cached = zoo.cached_record(name, args.zoo_dir) if name in zoo.RECIPES else None
+            same = cached is not None and cached.get("weights_sha256") == model["sha256"]
+            model_rows.append(report_lib.ModelRecord(
+                name, f"zoo recipe {name}", sha256=model["sha256"], status="trained",
+                accuracy=cached["test_accuracy"] if same else None,
+                train_seconds=cached["wall_time_seconds"] if same else None))
+        model_rows = tuple(model_rows)
     if args.preset == "paper":
         skipped += list(PAPER_SKIPPED_FIGURES)
     run = report_lib.RunInfo(preset=args.preset, dataset=setup.dataset, split=setup.split, hardware=hardware(),
-                             seconds=seconds, skipped_figures=tuple(skipped))
-    return report_lib.Report(run=run, stages=tuple(stages), models=models)
+                             seconds=seconds, skipped_figures=tuple(dict.fromkeys(skipped)))
+    return report_lib.Report(run=run, stages=tuple(stages), models=model_rows)
 
 
 def write_report(out, report):
@@ -733,43 +1018,92 @@ def hardware():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        with common.user_errors(parser, args.debug):
+            _check_arguments(args)
+            common.check_writable_folder("--out", args.out)
+            stack.enter_context(_output_lock(args.out))
+            removed = atomic_io.remove_stale(args.out)
+            stages = selected_stages(args.only)
+            setup = check_inputs(args, stages)
+            plans = plan_stages(args, stages, setup)
+        print(plan_text(args, plans, setup), flush=True)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) or folder(s) left by an interrupted run", flush=True)
+        start = time.perf_counter()
+        progress = PipelineProgress(args.jobs, live=args.progress and args.jobs > 1 and sys.stderr.isatty(),
+                                    debug=args.debug)
+        try:
+            results, zoo_status = run_pipeline(args, plans, progress)
+        finally:
+            progress.close()
+        rows, left_out = collect_stages(args, plans, results)
+        with common.user_errors(parser, args.debug):
+            report = build_report(args, setup, rows, time.perf_counter() - start)
+            write_report(args.out, report)
+    print(run_summary(rows, left_out, zoo_status, report, time.perf_counter() - start, args.out))
+    return 1 if any(result["status"] == "failed" for result in results) else 0
+
+
+def _check_arguments(args):
     if args.jobs is None:
         from vitcnn_tf import parallel
 
         args.jobs = parallel.default_num_workers() if args.preset == "cpu" and args.strategy == "none" else 1
     if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+        raise UserError(f"--jobs {args.jobs}: expected at least 1")
     if args.jobs > 1:
-        args.progress = False  # progress bars only in this process
+        args.progress = False  # the stages' own progress bars only in this process
     if args.preset == "paper" and not args.checkpoints:
-        parser.error("--preset paper needs --checkpoints DIR with the published .npz files")
+        raise UserError("--checkpoints: --preset paper needs --checkpoints DIR with the published .npz files")
     if args.preset == "cpu" and args.model:
-        parser.error("--model replaces checkpoints of --preset paper; the CPU preset uses the zoo")
+        raise UserError("--model: it replaces checkpoints of --preset paper; the CPU preset uses the zoo")
+    if args.batch_size is not None and args.batch_size < MIN_BATCH:
+        raise UserError(f"--batch-size: expected at least {MIN_BATCH} (unbiased HSIC), got {args.batch_size}")
+    parse_num_examples(args.num_examples, STAGES)
+
+
+@contextlib.contextmanager
+def _output_lock(out):
     try:
-        stages = selected_stages(args.only)
-        setup = check_inputs(args, stages)
-        plans = plan_stages(args, stages, setup)
-    except (UserError, ValueError) as error:
-        parser.error(str(error))
-    print(plan_text(args, plans, setup), flush=True)
-    start = time.perf_counter()
-    records, zoo_rows = run_pipeline(args, plans)
-    report = build_report(args, setup, plans, records, zoo_rows, time.perf_counter() - start)
-    write_report(args.out, report)
-    print(_one_screen_summary(records, report.findings, report.run.seconds, args.out))
-    return 1 if any(record["status"] == "failed" for record in records) else 0
+        with atomic_io.folder_lock(out):
+            yield
+    except atomic_io.FolderLocked as error:
+        raise UserError(f"--out {out}: another reproduce run (pid {error.holder or 'unknown'}) is writing there; "
+                        "wait for it to finish or give another --out") from None
 
 
-def _one_screen_summary(records, found, seconds, out):
-    lines = ["", "stage                               status   seconds"]
-    lines += [f"{r['stage']:<35} {r['status'][:8]:<8} {r['seconds']:7.0f}" for r in records]
-    counts = {verdict: sum(f.verdict == verdict for f in found)
-              for verdict in (findings_lib.HOLDS, findings_lib.DOES_NOT_HOLD, findings_lib.INCONCLUSIVE)}
+def run_summary(rows, left_out, zoo_status, report, seconds, out):
+    """The one-screen summary printed at the end: each stage of this run with its status (ran, cached, failed,
+    skipped) and time, the stages the report keeps from earlier runs, the zoo trainings, the verdict counts with
+    every finding, and where the report is."""
+    label = {"ran": "ran", "reused": "cached", "failed": "FAILED", "skipped": "skipped"}
+    lines = ["", f"{'stage':<32} {'status':<8} {'time':>8}"]
+    kept = []
+    for stage, plan, result, record in rows:
+        if result is None:
+            if record is not None:
+                kept.append(stage.name)
+            continue
+        took = _duration(result["seconds"]) if result["status"] in ("ran", "failed") else \
+            f"({_duration(result['seconds'])})" if result["status"] == "reused" else ""
+        note = f"  {result['note']}" if result["status"] in ("failed", "skipped") and result["note"] else ""
+        lines.append(f"{stage.name:<32} {label[result['status']]:<8} {took:>8}{note}"[:160])
+    if kept:
+        lines.append(f"kept from earlier runs: {', '.join(kept)}")
+    lines += [f"left out of the report: {name} ({why})" for name, why in left_out]
+    trained = [recipe for recipe, status in zoo_status.items() if status == "trained"]
+    failed = [recipe for recipe, status in zoo_status.items() if status == "failed"]
+    if zoo_status:
+        lines.append(f"zoo: {len(trained)} trained{' (' + ', '.join(trained) + ')' if trained else ''}, "
+                     f"{len(zoo_status) - len(trained) - len(failed)} cached"
+                     + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    counts = report.verdict_counts()
     lines.append("")
-    lines += [f"{f.verdict:<14} {f.key}: {f.value:.3g} [{f.low:.3g}, {f.high:.3g}]" for f in found]
-    lines.append(f"\nfindings: {counts[findings_lib.HOLDS]} hold, {counts[findings_lib.DOES_NOT_HOLD]} do not hold, "
-                 f"{counts[findings_lib.INCONCLUSIVE]} inconclusive; total {seconds:.0f} s")
-    lines.append(f"report: {os.path.join(os.path.abspath(out), 'report.html')}")
+    lines += [f"  {f.verdict:<14} {f.key}: {f.value:.3g} [{f.low:.3g}, {f.high:.3g}]" for f in report.findings]
+    lines.append(f"findings: {counts[findings_lib.HOLDS]} hold, {counts[findings_lib.DOES_NOT_HOLD]} do not hold, "
+                 f"{counts[findings_lib.INCONCLUSIVE]} inconclusive; this run took {_duration(seconds)}")
+    lines.append(f"report: {os.path.join(os.path.abspath(out), 'report.html')} (and report.md, findings.json)")
     return "\n".join(lines)
 
 

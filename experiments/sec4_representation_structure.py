@@ -6,6 +6,9 @@ and the findings): the models of ``--models`` (default the CPU zoo's ``vit resne
 ``--taps all`` (default) keeps every tap but those matching ``--exclude`` (default the attention probabilities
 ``*/attn`` and the ``logits``); ``--taps blocks`` keeps the block sublayers and the residual stream, as the paper's
 heatmaps (use it, with ``--batch-size 32``, for the 224 px paper models: it fits in 16 GB of host memory).
+``--measure procrustes`` or ``mutual_knn`` draws the maps with that measure on ``--check-examples`` evenly spaced
+examples (default 256; both need every example of a tap at once, see ``docs/metrics.md``); the findings stay CKA's,
+each with its Procrustes value and permutation null (``--null-permutations``, default 100).
 
 Outputs in ``--out`` (default ``results/sec4_representation_structure``), written atomically:
 
@@ -51,6 +54,10 @@ def build_parser():
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,
                         help="bootstrap resamples of the findings' intervals (default: %(default)s)")
     common.add_seed_replicates_argument(parser, DEFAULT_SEED_REPLICATES)
+    parser.add_argument("--measure", choices=tuple(representation_structure.MEASURES), default="cka",
+                        help="similarity measure of the maps; procrustes and mutual_knn (k = 10) use the "
+                             "--check-examples subset (default: %(default)s)")
+    common.add_check_arguments(parser)
     return parser
 
 
@@ -74,7 +81,8 @@ def run(options):
     result = representation_structure.run(
         models, make_data, passes=options.passes, seed_replicates=replicates, taps=options.taps,
         exclude=options.exclude, num_resamples=options.num_resamples, seed=options.seed,
-        strategy=common.distribution_strategy(options), progress=options.progress)
+        strategy=common.distribution_strategy(options), progress=options.progress, measure=options.measure,
+        check_examples=options.check_examples, null_permutations=options.null_permutations)
     return common.write_result(options, result, models=dict(zip(labels, options.models)), started=started)
 
 

@@ -48,6 +48,11 @@ def build_parser():
     return parser
 
 
+def check_options(options):
+    """Every model of --models and --little-data-models is a ViT (before any model is loaded or trained)."""
+    common.check_model_families(options, "models", "little_data_models", allowed=("vit",))
+
+
 def run(options):
     started = time.perf_counter()
     little_specs = list(options.little_data_models or [])

@@ -4,6 +4,8 @@ The command line of :mod:`vitcnn_tf.paper.local_global_heads` (see it for the me
 the ViT's block ``--block`` (default 0) sorted by mean attention distance, windows of ``--window-sizes``
 consecutive sorted heads (default every size 1 .. H), and the CKA of every window's output with the lower half of
 the ResNet's taps, over a stratified subset of the test split (``--models``, default the CPU zoo's ``vit resnet``).
+The finding also reports its Procrustes value and the permutation null of the compared CKA on ``--check-examples``
+evenly spaced examples (default 256) with ``--null-permutations`` shuffles (default 100).
 
 Outputs in ``--out`` (default ``results/sec5_local_global_heads``), written atomically:
 
@@ -38,7 +40,13 @@ def build_parser():
                         help="sizes of the windows of consecutive sorted heads (default: every size 1 .. H)")
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,
                         help="bootstrap resamples of the finding's interval (default: %(default)s)")
+    common.add_check_arguments(parser)
     return parser
+
+
+def check_options(options):
+    """The models are ViTs and ResNets, at least one of each (before any model is loaded or trained)."""
+    common.check_model_families(options, "models", allowed=("vit", "resnet"), required=("vit", "resnet"))
 
 
 def run(options):
@@ -47,7 +55,9 @@ def run(options):
     data = common.evaluation_data(options, common.image_size(models))
     result = local_global_heads.run(models, data, block=options.block, window_sizes=options.window_sizes,
                                     num_resamples=options.num_resamples, seed=options.seed,
-                                    strategy=common.distribution_strategy(options), progress=options.progress)
+                                    strategy=common.distribution_strategy(options), progress=options.progress,
+                                    check_examples=options.check_examples,
+                                    null_permutations=options.null_permutations)
     return common.write_result(options, result, models=dict(zip(models, options.models)), started=started)
 
 

@@ -2,8 +2,9 @@
 
 The command line of :mod:`vitcnn_tf.paper.receptive_fields` (see it for the method, the taps, the cost and the
 finding): ``--num-examples`` images (default 32, as the paper) of the test split, a random subset of
-``--max-channels`` channels per layer (default 16; ``0`` = all), ``--batch-size`` images per gradient call. The
-cost is ``max_channels * ceil(num_examples / batch_size)`` backward passes per layer whatever its width.
+``--max-channels`` channels per image and layer (default 16; ``0`` = all), ``--num-blocks`` evenly spaced blocks
+of each ViT or Mixer (default all), ``--batch-size`` images per gradient call. The cost is
+``max_channels * ceil(num_examples / batch_size)`` backward passes per layer whatever its width.
 
 Outputs in ``--out`` (default ``results/sec5_receptive_fields``), written atomically:
 
@@ -17,6 +18,8 @@ Outputs in ``--out`` (default ``results/sec5_receptive_fields``), written atomic
 
     python -m experiments.sec5_receptive_fields
     python -m experiments.sec5_receptive_fields --num-examples 64 --max-channels 0
+    python -m experiments.sec5_receptive_fields --models ViT-B/16=vit.npz BiT-R50x1=bit.npz --num-blocks 6 \
+        --max-channels 4
 """
 
 import os
@@ -35,7 +38,10 @@ def build_parser():
     common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=32,
                                 default_batch_size=32, default_out=DEFAULT_OUT)
     parser.add_argument("--max-channels", type=int, default=16,
-                        help="random channels per layer whose gradients are averaged (0: all; default: %(default)s)")
+                        help="random channels per image and layer whose gradients are averaged (0: all; default: "
+                             "%(default)s)")
+    parser.add_argument("--num-blocks", type=common._positive_int, default=None,
+                        help="evenly spaced blocks of each ViT or Mixer, the first and last included (default: all)")
     parser.add_argument("--mass", type=float, default=0.5,
                         help="mass fraction inside the square that defines the extent (default: %(default)s)")
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,
@@ -50,7 +56,8 @@ def run(options):
     models = common.load_models(options.models, options)
     data = common.evaluation_data(options, common.image_size(models))
     result = receptive_fields.run(models, data, num_images=None, batch_size=options.batch_size,
-                                  max_channels=options.max_channels or None, mass=options.mass,
+                                  max_channels=options.max_channels or None, num_blocks=options.num_blocks,
+                                  mass=options.mass,
                                   num_resamples=options.num_resamples, seed=options.seed, progress=options.progress)
     return common.write_result(options, result, models=dict(zip(models, options.models)), started=started)
 

@@ -41,6 +41,7 @@ def build_parser():
                                 default_out=os.path.join("results", "sec6_skip_connections"))
     parser.add_argument("--bootstrap-resamples", type=int, default=1000,
                         help="bootstrap resamples of every interval (default: %(default)s)")
+    common.add_check_arguments(parser)
     return parser
 
 
@@ -63,6 +64,11 @@ def split_roles(models):
     return roles
 
 
+def check_options(options):
+    """A ViT among the models, the others ViTs, ResNets or Mixers (before any model is loaded or trained)."""
+    common.check_model_families(options, "models", allowed=("vit", "resnet", "mixer"), required=("vit",))
+
+
 def run(options):
     """Loads the models and the data, runs the analysis and writes the files listed in the module docstring."""
     started = time.perf_counter()
@@ -79,7 +85,8 @@ def run(options):
         no_skip_models={label: models[label] for label in roles["no_skip_models"]}, data=data,
         known_accuracies=known, bootstrap_resamples=options.bootstrap_resamples, seed=options.seed,
         progress=options.progress, strategy=common.distribution_strategy(options),
-        context={"dataset": options.dataset})
+        context={"dataset": options.dataset},
+        check_examples=options.check_examples, null_permutations=options.null_permutations)
     return common.write_result(options, result, models=spec_of, started=started)
 
 

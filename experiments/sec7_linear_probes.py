@@ -40,6 +40,11 @@ def build_parser():
     return parser
 
 
+def check_options(options):
+    """One CLS-token ViT, at most one GAP ViT and one ResNet among the models (before any is loaded or trained)."""
+    common.check_token_roles(options)
+
+
 def run(options):
     """Loads the models and the data, runs the probes and writes the files listed in the module docstring."""
     started = time.perf_counter()

@@ -37,7 +37,13 @@ def build_parser():
                         help="bootstrap resamples; each recomputes every CKA map (default: %(default)s)")
     parser.add_argument("--bootstrap-all", action="store_true",
                         help="bootstrap every model's scores, not only those of the CLS and GAP ViTs (the findings)")
+    common.add_check_arguments(parser)
     return parser
+
+
+def check_options(options):
+    """One CLS-token ViT, at most one GAP ViT and one ResNet among the models (before any is loaded or trained)."""
+    common.check_token_roles(options)
 
 
 def run(options):
@@ -49,7 +55,8 @@ def run(options):
         *common_paper.token_role_pairs(models, "--models"),
         data=data, patch_size=options.patch_size, bootstrap_resamples=options.bootstrap_resamples,
         bootstrap_all=options.bootstrap_all, seed=options.seed, progress=options.progress,
-        context={"dataset": options.dataset})
+        context={"dataset": options.dataset},
+        check_examples=options.check_examples, null_permutations=options.null_permutations)
     return common.write_result(options, result, models=dict(zip(models, options.models)), started=started)
 
 

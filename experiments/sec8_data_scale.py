@@ -47,6 +47,7 @@ def build_parser():
     parser.add_argument("--bootstrap-resamples", type=int, default=1000,
                         help="bootstrap resamples over minibatches (default: %(default)s)")
     common.add_probe_arguments(parser)
+    common.add_check_arguments(parser)
     return parser
 
 
@@ -84,7 +85,8 @@ def run(options):
         known_accuracies=known, shots=options.shots, probe_seeds=options.probe_seeds, l2_reg=options.l2_reg,
         max_feature_bytes=int(options.max_feature_gb * 2**30), bootstrap_resamples=options.bootstrap_resamples,
         seed=options.seed, progress=options.progress, strategy=common.distribution_strategy(options),
-        context={"dataset": options.dataset})
+        context={"dataset": options.dataset},
+        check_examples=options.check_examples, null_permutations=options.null_permutations)
     return common.write_result(options, result, models=spec_of, started=started)
 
 

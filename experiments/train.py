@@ -3,21 +3,20 @@
 Each recipe of ``vitcnn_tf.zoo.RECIPES`` is trained on first use and cached under ``--results-dir``
 (``<dir>/<recipe>/model.npz`` + ``record.json``); later runs reuse it unless ``--retrain``. Missing recipes train
 in ``--jobs`` single-threaded worker processes (default: one per CPU), the longest first, with a line per finished
-recipe; ``--jobs 1`` trains in this process with Keras progress bars. A table of recipe / test accuracy / train
-accuracy / training wall and CPU time is printed at the end (the times are those recorded when the recipe was
-trained).
+recipe; ``--jobs 1`` trains in this process with one progress bar per training (the time left included). A table
+of recipe / test accuracy / train accuracy / training wall and CPU time is printed at the end (the times are those
+recorded when the recipe was trained).
 """
 
-import argparse
 import sys
 import time
 
+from experiments import common
 from vitcnn_tf import parallel, zoo  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.new_parser(__doc__, "python -m experiments.train")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME",
                         help="a zoo recipe to train or load (repeatable); see --list")
     parser.add_argument("--all", action="store_true", help="every recipe of the zoo")

@@ -3,7 +3,9 @@
 * The TensorFlow environment defaults of ``vitcnn_tf.runtime`` (oneDNN kernels, quiet logs), as the experiments use.
 * Two logical CPU devices are created before TensorFlow initialises, so that ``tf.distribute.MirroredStrategy``
   tests run on this CPU-only machine (it must happen before any op executes, hence here).
-* Hypothesis: no deadline (first calls compile ``tf.function`` graphs), a bounded number of examples.
+* Hypothesis: no deadline (first calls compile ``tf.function`` graphs), a bounded number of examples. The profile
+  is ``$HYPOTHESIS_PROFILE`` when set (``.ci/run`` sets ``ci``), else ``ci`` when ``$CI`` is set, else ``default``;
+  ``ci`` is derandomised (the same examples on every run).
 """
 
 import os
@@ -26,4 +28,4 @@ settings.register_profile(
 settings.register_profile(
     "ci", deadline=None, max_examples=25, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))

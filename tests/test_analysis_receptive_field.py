@@ -57,18 +57,37 @@ def test_image_batches_do_not_change_the_result_and_a_channel_subset_is_their_me
     whole = receptive_field.effective_receptive_field(model, images, "conv1")
     batched = receptive_field.effective_receptive_field(model, images, "conv1", batch_size=2)
     np.testing.assert_allclose(batched, whole, rtol=1e-5)
-    # Independent per-channel maps: eager gradient of each channel at the centre pixel (7, 7).
-    per_channel = []
+    # Independent per-image, per-channel maps: eager gradient of each channel at the centre pixel (7, 7).
     inputs = tf.constant(images)
+    per_channel = []
     for channel in range(4):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             activation = model(inputs)[:, 7, 7, channel]
-        per_channel.append(np.abs(tape.gradient(activation, inputs).numpy()).mean(axis=(0, 3)))
-    np.testing.assert_allclose(np.mean(per_channel, axis=0), whole, rtol=1e-5)
-    subset = receptive_field.effective_receptive_field(model, images, "conv1", max_channels=2, seed=1)
-    chosen = np.sort(np.random.default_rng(1).choice(4, size=2, replace=False))
-    np.testing.assert_allclose(subset, np.mean([per_channel[c] for c in chosen], axis=0), rtol=1e-5)
+        per_channel.append(np.abs(tape.gradient(activation, inputs).numpy()).mean(axis=3))  # [n, 15, 15]
+    per_channel = np.stack(per_channel, axis=1)  # [n, 4, 15, 15]
+    np.testing.assert_allclose(per_channel.mean(axis=(0, 1)), whole, rtol=1e-5)
+    subset = receptive_field.per_image_effective_receptive_field(model, images, "conv1", max_channels=2, seed=1,
+                                                                 batch_size=2)
+    chosen = receptive_field.sampled_channels(len(images), 4, max_channels=2, seed=1)
+    expected = np.stack([per_channel[i, chosen[i]].mean(axis=0) for i in range(len(images))])
+    np.testing.assert_allclose(subset, expected, rtol=1e-5)
+
+
+def test_sampled_channels_are_drawn_per_image_without_replacement():
+    every = receptive_field.sampled_channels(3, 5)
+    np.testing.assert_array_equal(every, np.tile(np.arange(5), (3, 1)))
+    np.testing.assert_array_equal(receptive_field.sampled_channels(3, 5, max_channels=9), every)
+    drawn = receptive_field.sampled_channels(200, 64, max_channels=4, seed=7)
+    assert drawn.shape == (200, 4) and drawn.dtype == np.int32
+    assert all(len(set(row)) == 4 for row in drawn) and drawn.min() >= 0 and drawn.max() < 64
+    assert len({tuple(row) for row in drawn}) > 190  # images draw their channels independently
+    np.testing.assert_array_equal(receptive_field.sampled_channels(50, 64, max_channels=4, seed=7), drawn[:50])
+    # Every channel is equally likely: 800 draws of 64 channels, each expected 12.5 times.
+    counts = np.bincount(drawn.ravel(), minlength=64)
+    assert counts.min() >= 2 and counts.max() <= 30
+    with pytest.raises(ValueError, match="max_channels"):
+        receptive_field.sampled_channels(3, 5, max_channels=0)
 
 
 def test_even_sized_map_uses_the_lower_right_centre_pixel():

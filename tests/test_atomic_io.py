@@ -76,3 +76,53 @@ def test_atomic_path_replaces_on_success_and_cleans_up_on_error(tmp_path):
                 handle.write(b"half")
             raise RuntimeError("writer failed")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["w.bin"]
+
+
+def test_temporary_names_are_recognised_and_stale_ones_removed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_io.atomic_path(tmp_path / "sub" / "a.npz") as tmp:
+            open(tmp, "wb").close()
+            raise KeyboardInterrupt  # the temporary file is removed on any exception...
+    assert os.listdir(tmp_path / "sub") == []
+    (tmp_path / "sub" / ".a.npz.x1y2z3_0.tmp").write_bytes(b"left by kill -9")  # ...but not on a kill
+    (tmp_path / ".w.weights.h5.abcdefgh.tmp.weights.h5").write_bytes(b"")
+    (tmp_path / "keep.tmp").write_bytes(b"")
+    (tmp_path / ".d.new-12").mkdir()
+    assert atomic_io.is_temporary(".a.npz.x1y2z3_0.tmp") and not atomic_io.is_temporary("keep.tmp")
+    removed = atomic_io.remove_stale(tmp_path)
+    assert sorted(os.path.basename(path) for path in removed) == [".a.npz.x1y2z3_0.tmp", ".d.new-12",
+                                                                  ".w.weights.h5.abcdefgh.tmp.weights.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["keep.tmp", "sub"]
+
+
+def test_file_hashes_and_changed_files(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.bin").write_bytes(b"x")
+    (tmp_path / "record.json").write_text("{}")
+    hashes = atomic_io.file_hashes(tmp_path, exclude=("record.json",))
+    assert hashes == {"d/x.bin": hashlib.sha256(b"x").hexdigest()}
+    assert atomic_io.changed_files(tmp_path, hashes) == []
+    (tmp_path / "d" / "x.bin").write_bytes(b"y")
+    assert atomic_io.changed_files(tmp_path, hashes) == [("d/x.bin", "changed")]
+    os.remove(tmp_path / "d" / "x.bin")
+    assert atomic_io.changed_files(tmp_path, hashes) == [("d/x.bin", "missing")]
+
+
+def test_replace_folder_swaps_a_finished_folder_into_place(tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "old.txt").write_text("old")
+    fresh = atomic_io.fresh_sibling(tmp_path / "stage")
+    assert os.path.basename(fresh) == f".stage.new-{os.getpid()}" and os.listdir(fresh) == []
+    with open(os.path.join(fresh, "new.txt"), "w") as handle:
+        handle.write("new")
+    atomic_io.replace_folder(fresh, tmp_path / "stage")
+    assert os.listdir(tmp_path) == ["stage"] and os.listdir(tmp_path / "stage") == ["new.txt"]
+
+
+def test_folder_lock_refuses_a_second_holder_until_released(tmp_path):
+    with atomic_io.folder_lock(tmp_path):
+        with pytest.raises(atomic_io.FolderLocked, match=f"pid {os.getpid()}"):
+            with atomic_io.folder_lock(tmp_path):
+                pass
+    with atomic_io.folder_lock(tmp_path):  # released with its file descriptor
+        pass

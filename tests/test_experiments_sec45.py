@@ -143,16 +143,15 @@ def test_head_subset_command_line(tiny_models, tmp_path):
 def test_receptive_field_command_line(tiny_models, tmp_path):
     options = sec5_erf.build_parser().parse_args([
         "--models", tiny_models["vit"], tiny_models["resnet"], "--out", str(tmp_path), "--dataset", "digits",
-        "--num-examples", "8", "--batch-size", "8", "--max-channels", "2", "--num-resamples", "50", "--no-progress"])
+        "--num-examples", "8", "--batch-size", "8", "--max-channels", "2", "--num-blocks", "1", "--num-resamples", "50", "--no-progress"])
     summary = sec5_erf.run(options)
     check_files(tmp_path, ["erf_maps.npz", "erf_maps_vit.png", "erf_maps_resnet.png",
                            "erf_maps_vit_before_residual.png", "erf_extent.png", "receptive_fields.json",
                            "summary.json"])
     check_findings(summary, ["vit_erf_larger_in_lower_layers"])
-    assert list(summary["extent"]["vit"]) == ["block00/sa", "block00/+sa", "block00/+mlp", "block01/sa",
-                                              "block01/+sa", "block01/+mlp"]
+    assert list(summary["extent"]["vit"]) == ["block00/sa", "block00/+mlp"]  # the first of 2 blocks
     assert list(summary["extent"]["resnet"]) == ["block1/unit01/+res", "block2/unit01/+res"]
-    assert summary["max_channels"] == 2 and summary["num_images"] == 8
+    assert summary["max_channels"] == 2 and summary["num_images"] == 8 and summary["num_blocks"] == 1
 
 
 # --- plotting ------------------------------------------------------------------------------------------------------

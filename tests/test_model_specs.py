@@ -2,13 +2,16 @@
 
 import json
 import os
+import pathlib
 
 import pytest
 
 import helpers
 from vitcnn_tf import atomic_io, zoo
 from vitcnn_tf.model_specs import ModelSpec, load_model, load_models, model_identity, parse_model_spec
-from vitcnn_tf.models import ViT, save_npz
+from vitcnn_tf.models import ViT, load_timm, save_npz
+
+TIMM_FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "timm"
 
 
 @pytest.mark.parametrize("text, kind, preset, overrides, path, label", [
@@ -64,9 +67,19 @@ def test_missing_files_name_the_spec_and_the_path(tmp_path):
         load_model("gone.keras", zoo_dir=tmp_path)
 
 
-def test_safetensors_checkpoint_is_not_readable_yet(tmp_path):
+def test_a_timm_safetensors_checkpoint_loads_through_its_spec(tmp_path):
+    path = TIMM_FIXTURES / "vit_gap.safetensors"
+    fields = "patch_size=8,hidden_size=32,mlp_dim=64,num_heads=4,num_layers=2,num_classes=5,classifier=gap"
+    spec = f"ViT-CPU/4:{fields}={path}"
+    assert parse_model_spec(spec).kind == "checkpoint"
+    loaded = load_model(spec, zoo_dir=tmp_path)
+    reference = load_timm(ViT(loaded.config), path)
+    images = helpers.random_images(2, 32)
+    helpers.assert_same_forward(loaded, reference, images)
+    assert loaded.config.classifier == "gap" and loaded.config.num_heads == 4
+    assert model_identity(spec, zoo_dir=tmp_path)["sha256"] == atomic_io.sha256_file(path)
     (tmp_path / "m.safetensors").write_bytes(b"\0")
-    with pytest.raises(NotImplementedError, match="m.safetensors"):
+    with pytest.raises(ValueError, match="m.safetensors is not a readable safetensors file"):
         load_model(f"ViT-CPU/4={tmp_path / 'm.safetensors'}", zoo_dir=tmp_path)
 
 
@@ -75,6 +88,16 @@ def test_load_models_makes_labels_unique(tmp_path):
     models = load_models(specs, zoo_dir=tmp_path)
     assert list(models) == ["ViT-CPU-4", "ViT-CPU-4#2", "Mixer-CPU-4"]
     assert models["ViT-CPU-4#2"].config.classifier == "gap"
+
+
+def test_load_models_tells_checkpoints_of_one_preset_apart_by_file_name(tmp_path):
+    vit = helpers.tiny_vit()
+    for name in ("B_16-i21k", "B_16-i1k"):
+        save_npz(vit, tmp_path / f"{name}.npz")
+    fields = ",".join(f"{key}={getattr(vit.config, key)}" for key in ("image_size", "patch_size", "hidden_size", "mlp_dim",
+                                                                      "num_heads", "num_layers", "num_classes"))
+    specs = [f"ViT-CPU/4:{fields}={tmp_path / name}.npz" for name in ("B_16-i21k", "B_16-i1k", "B_16-i1k")]
+    assert list(load_models(specs, zoo_dir=tmp_path)) == ["ViT-CPU-4", "ViT-CPU-4-B_16-i1k", "ViT-CPU-4-B_16-i1k#2"]
 
 
 def test_model_identity_of_files_uses_absolute_paths_and_hashes(tmp_path, monkeypatch):

@@ -232,7 +232,7 @@ def test_a_24_block_vit_draws_with_every_block_in_the_legend_and_ticks():
 def test_head_subset_cka_equals_the_reference_and_the_finding_is_recomputed(models):
     images = random_images(7)
     result = local_global_heads.run({"vit": models["vit"], "resnet": models["resnet"]}, dataset(images),
-                                    num_resamples=100)
+                                    num_resamples=100, check_examples=16, null_permutations=5, seed=3)
     arrays = result.arrays["head_subset_cka"]
     attn = np.concatenate([representations.extract(models["vit"], batch, ["block00/attn"])["block00/attn"]
                            for batch in batches(images)])
@@ -256,6 +256,20 @@ def test_head_subset_cka_equals_the_reference_and_the_finding_is_recomputed(mode
     assert finding.value == pytest.approx(expected, abs=1e-9)
     assert finding.detail["plain_correlation"] == pytest.approx(
         np.corrcoef(arrays["subset_mean_distance"], arrays["cka"].max(axis=1))[0, 1], abs=1e-9)
+    # checks beyond CKA on 16 evenly spaced examples (2 minibatches of 8)
+    checked = images[np.round(np.linspace(0, 23, 16)).astype(int)]
+    heads = representations.extract(models["vit"], checked, ["block00/attn_heads"])["block00/attn_heads"]
+    subset_features = [heads[:, :, list(subset)] for subset in subsets]
+    resnet_features = list(representations.extract(models["resnet"], checked, resnet_names).values())
+    procrustes = np.array([[reference.procrustes_similarity(x, y) for y in resnet_features] for x in subset_features])
+    assert finding.second_measure == {"measure": "procrustes", "num_examples": 16, "value": pytest.approx(
+        local_global_heads.within_size_correlation(arrays["subset_mean_distance"], procrustes.max(axis=1), sizes),
+        abs=1e-4)}
+    expected = reference_null(lambda order: np.max(reference_minibatch(subset_features[:1], resnet_features, order)),
+                              16, 5, seed=3)
+    for key in ("value", "null_mean", "null_q95", "p_value"):
+        assert finding.null[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert finding.null["num_permutations"] == 5 and finding.null["num_examples"] == 16
     assert result.figures[0].paper_figure == "5"
     result.figures[0].draw()
 
@@ -295,9 +309,9 @@ def test_receptive_fields_equal_a_direct_gradient_computation(models):
     result = receptive_fields.run(pair, dataset(np.concatenate([images] * 4)), num_images=2, batch_size=1,
                                   max_channels=None, num_resamples=100)
     arrays = result.arrays["erf_maps"]
-    assert list(arrays["vit.taps"]) == [f"block{b:02d}/{tap}" for b in range(3) for tap in ("sa", "+sa", "+mlp")]
+    assert list(arrays["vit.taps"]) == [f"block{b:02d}/{tap}" for b in range(3) for tap in ("sa", "+mlp")]
     assert list(arrays["resnet.taps"]) == ["block1/unit01/+res", "block2/unit01/+res"]
-    for label, index in (("vit", 0), ("vit", 2), ("resnet", 0)):
+    for label, index in (("vit", 0), ("vit", 1), ("resnet", 0)):
         tap = arrays[f"{label}.taps"][index]
         width = representations.tap_model(pair[label], tap).output.shape[-1]
         expected = direct_erf(pair[label], tap, images, range(width))
@@ -307,12 +321,24 @@ def test_receptive_fields_equal_a_direct_gradient_computation(models):
                                       [receptive_field.erf_extent(m, 0.5) for m in arrays[f"{label}.maps"]])
     (finding,) = result.findings
     assert finding.detail["vit_tap"] == "block00/+mlp"
-    assert finding.value == pytest.approx(arrays["vit.extent"][2] - arrays["resnet.extent"][0])
+    assert finding.value == pytest.approx(arrays["vit.extent"][1] - arrays["resnet.extent"][0])
     assert [figure.file for figure in result.figures] == ["erf_maps_vit.png", "erf_maps_resnet.png",
                                                           "erf_maps_vit_before_residual.png", "erf_extent.png"]
     assert [figure.paper_figure for figure in result.figures] == ["6", "6", "C", ""]
     for figure in result.figures:
         figure.draw()
+
+
+def test_erf_taps_of_evenly_spaced_blocks(models):
+    vit = models["vit"]  # 3 blocks
+    assert receptive_fields.erf_taps(vit, num_blocks=2) == ["block00/sa", "block00/+mlp", "block02/sa", "block02/+mlp"]
+    assert receptive_fields.erf_taps(vit, num_blocks=5) == receptive_fields.erf_taps(vit)
+    assert receptive_fields.evenly_spaced(list(range(12)), 6) == [0, 2, 4, 7, 9, 11]
+    assert receptive_fields.evenly_spaced(list(range(24)), 6) == [0, 5, 9, 14, 18, 23]
+    assert receptive_fields.evenly_spaced(list(range(12)), 1) == [0]
+    assert receptive_fields.erf_taps(models["resnet"], num_blocks=1) == receptive_fields.erf_taps(models["resnet"])
+    with pytest.raises(ValueError, match="num_blocks"):
+        receptive_fields.erf_taps(vit, num_blocks=0)
 
 
 def test_sampled_channels_cost_a_fixed_number_of_gradient_calls(models, monkeypatch):
@@ -330,3 +356,103 @@ def test_sampled_channels_cost_a_fixed_number_of_gradient_calls(models, monkeypa
     assert result.summary["findings_skipped"]
     with pytest.raises(ValueError, match="max_channels"):
         receptive_fields.run({"resnet": models["resnet"]}, dataset(random_images(9, BATCH)), max_channels=0)
+
+
+# --- Checks beyond CKA (Section 4) and the attention entropy (Section 5) -------------------------------------------
+
+
+def reference_minibatch(x_layers, y_layers, order, batch=BATCH):
+    """Reference minibatch CKA [Lx, Ly] over consecutive minibatches, the examples of ``y_layers`` reordered."""
+    y_layers = [y if order is None else y[order] for y in y_layers]
+    starts = range(0, len(x_layers[0]), batch)
+    return reference.minibatch_cka([[x[s:s + batch] for x in x_layers] for s in starts],
+                                   [[y[s:s + batch] for y in y_layers] for s in starts])
+
+
+def reference_null(statistic, count, permutations, seed):
+    orders = reference.permutations(count, permutations, seed)
+    return reference.null_summary(statistic(None), [statistic(order) for order in orders])
+
+
+def test_structure_checks_recomputed_with_the_reference(models):
+    images = random_images(11)  # 24 examples: 3 minibatches of 8; 16 checked examples = 2 minibatches
+    pair = {"vit": models["vit"], "resnet": models["resnet"]}
+    result = representation_structure.run(pair, dataset(images), num_resamples=20, check_examples=16,
+                                          null_permutations=5, seed=2)
+    uniform, depth = result.findings
+    checked = images[np.round(np.linspace(0, 23, 16)).astype(int)]
+    taps = {label: representation_structure.kept_taps(model) for label, model in pair.items()}
+    features = {label: representations.extract(model, checked, taps[label]) for label, model in pair.items()}
+    outputs = {label: common.block_output_taps(model) for label, model in pair.items()}
+
+    def halves(label):
+        half = len(outputs[label]) // 2
+        return [features[label][name] for name in outputs[label][:half]], [features[label][name] for name in
+                                                                           outputs[label][half:]]
+
+    def lower_upper_procrustes(label):
+        lower, upper = halves(label)
+        return np.mean([[reference.procrustes_similarity(a, b) for b in upper] for a in lower])
+
+    assert uniform.second_measure == {"measure": "procrustes", "num_examples": 16, "value": pytest.approx(
+        lower_upper_procrustes("vit") - lower_upper_procrustes("resnet"), abs=1e-4)}
+    lower_resnet = taps["resnet"][:len(taps["resnet"]) // 2]
+    cross = np.array([[reference.procrustes_similarity(features["resnet"][a], features["vit"][b])
+                       for b in taps["vit"]] for a in lower_resnet])
+    # the most similar ViT tap of each row, allowing for near-ties within the float32 precision of the features
+    candidates = [np.flatnonzero(row >= row.max() - 1e-4) / (len(taps["vit"]) - 1) for row in cross]
+    assert (np.mean([c.min() for c in candidates]) - 1e-9 <= depth.second_measure["value"]
+            <= np.mean([c.max() for c in candidates]) + 1e-9)
+    expected = reference_null(lambda order: np.mean(reference_minibatch(*halves("vit"), order)), 16, 5, seed=2)
+    for key in ("value", "null_mean", "null_q95", "p_value"):
+        assert uniform.null[key] == pytest.approx(expected[key], abs=1e-4), key
+    vit_layers = [features["vit"][name] for name in taps["vit"]]
+    resnet_layers = [features["resnet"][name] for name in lower_resnet]
+    expected = reference_null(lambda order: np.mean(np.max(reference_minibatch(resnet_layers, vit_layers, order),
+                                                           axis=1)), 16, 5, seed=2)
+    for key in ("value", "null_mean", "null_q95", "p_value"):
+        assert depth.null[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert uniform.null["num_permutations"] == 5 and uniform.null_verdict in ("clears", "does not clear")
+    # the CKA values and verdicts are those of the run without checks
+    plain = representation_structure.run(pair, dataset(images), num_resamples=20, check_examples=8,
+                                         null_permutations=1, seed=2)
+    assert [(f.value, f.low, f.high, f.verdict) for f in plain.findings] == [
+        (f.value, f.low, f.high, f.verdict) for f in result.findings]
+
+
+@pytest.mark.parametrize("measure", ["procrustes", "mutual_knn"])
+def test_maps_under_other_measures_equal_the_reference_on_the_checked_examples(models, measure):
+    images = random_images(12)
+    pair = {"vit": models["vit"], "mixer": models["mixer"]}  # no ViT-ResNet pair: maps only, no findings
+    result = representation_structure.run(pair, dataset(images), num_resamples=20, measure=measure,
+                                          check_examples=16)
+    assert result.findings == [] and result.summary["measure"] == measure and result.summary["maps_examples"] == 16
+    checked = images[np.round(np.linspace(0, 23, 16)).astype(int)]
+    names = {label: list(result.arrays[f"within_{label}"]["row_names"]) for label in pair}
+    features = {label: representations.extract(model, checked, names[label]) for label, model in pair.items()}
+    similarity = (reference.procrustes_similarity if measure == "procrustes"
+                  else lambda x, y: reference.mutual_knn(x, y, representation_structure.NUM_NEIGHBOURS))
+    rows, cols = names["vit"][::4], names["mixer"][::5]
+    expected = np.array([[similarity(features["vit"][a], features["mixer"][b]) for b in cols] for a in rows])
+    found = result.arrays["cross_vit_mixer"]["matrix"][::4, ::5]
+    np.testing.assert_allclose(found, expected, atol=1e-4 if measure == "procrustes" else 0)
+    figure = result.figures[0].draw()
+    assert figure.axes[-1].get_ylabel() == representation_structure.MEASURES[measure]
+    assert representation_structure.MEASURES[measure] in result.figures[0].caption
+
+
+def test_attention_entropy_arrays_equal_the_analysis_entropy():
+    images = random_images(13, BATCH * 2)
+    vit = tiny_vit(40)
+    result = attention_distance.run({"vit": vit}, dataset(images), num_resamples=20)
+    arrays = result.arrays["attention_distances"]
+    names = [f"block{b:02d}/attn" for b in range(3)]
+    maps = [representations.extract(vit, batch, names) for batch in batches(images)]
+    expected = np.stack([attention.attention_entropy(np.concatenate([m[name] for m in maps])) for name in names])
+    np.testing.assert_allclose(arrays["vit.entropy"], expected, rtol=1e-9)
+    assert arrays["vit.entropy_per_example"].shape == (2 * BATCH, 3, 4)
+    table = result.tables["attention_distances"]["vit"]
+    assert np.all(table["entropy_low"] <= table["entropy_high"])
+    assert result.summary["uniform_attention_entropy"] == pytest.approx(np.log(16))
+    figure = next(f for f in result.figures if f.file == "attention_entropy.png")
+    assert figure.draw().axes[0].get_ylabel() == "attention entropy over the patches (nats)"

@@ -340,3 +340,92 @@ def test_block_ticks_stay_few_at_32_blocks():
     positions, labels = data_scale.block_ticks([f"block{b:02d}/+mlp" for b in range(32)])
     assert len(positions) <= data_scale.MAX_BLOCK_TICKS and labels[0] == "b00"
     assert data_scale.block_ticks(["block1/unit01/+res"])[1] == ["b1u01"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks beyond CKA: every finding's Procrustes statistic and CKA null recomputed with the NumPy reference
+
+
+def checked_indices(count, cap):
+    return np.round(np.linspace(0, count - 1, cap)).astype(int)
+
+
+def reference_minibatch(x_layers, y_layers, order):
+    y_layers = [y if order is None else y[order] for y in y_layers]
+    starts = range(0, len(x_layers[0]), BATCH)
+    return reference.minibatch_cka([[x[s:s + BATCH] for x in x_layers] for s in starts],
+                                   [[y[s:s + BATCH] for y in y_layers] for s in starts])
+
+
+def assert_null(null, statistic, count, permutations, seed, tolerance=1e-4):
+    orders = reference.permutations(count, permutations, seed)
+    expected = reference.null_summary(statistic(None), [statistic(order) for order in orders])
+    for key in ("value", "null_mean", "null_q95", "p_value"):
+        assert null[key] == pytest.approx(expected[key], abs=tolerance), key
+    assert null["num_examples"] == count and null["num_permutations"] == permutations
+
+
+def test_skip_removal_checks_recomputed_with_the_reference():
+    tf.keras.utils.set_random_seed(7)
+    models = {"cls": vit(3), "noskip": vit(3, skip_blocks_removed=(1,))}
+    images, labels = images_and_labels(32)
+    result = skip_connections.run(("cls", models["cls"]), no_skip_models={"noskip": models["noskip"]},
+                                  data=dataset(images, labels), bootstrap_resamples=5, seed=4, check_examples=16,
+                                  null_permutations=4)
+    removal = finding(result, "skip_removal_partitions_representation")
+    names = result.arrays["skip_removal_cka"]["layers"].tolist()
+    checked = images[checked_indices(32, 16)]
+    features = {label: [representations.extract(model, checked, names)[name] for name in names]
+                for label, model in models.items()}
+    procrustes = {label: np.array([[reference.procrustes_similarity(a, b) for b in layers] for a in layers])
+                  for label, layers in features.items()}
+    expected = (skip_connections.partition_scalar(procrustes["noskip"], names, 1)["partition"]
+                - skip_connections.partition_scalar(procrustes["cls"], names, 1)["partition"])
+    assert removal.second_measure["value"] == pytest.approx(expected, abs=1e-4)
+    assert_null(removal.null, lambda order: skip_connections.partition_scalar(
+        reference_minibatch(features["noskip"], features["noskip"], order), names, 1)["within"], 16, 4, seed=4)
+
+
+def test_localization_checks_recomputed_with_the_reference():
+    tf.keras.utils.set_random_seed(8)
+    models = {"cls": vit(), "gap": vit(classifier="gap")}
+    images, labels = images_and_labels(24)
+    result = localization.run(("cls", models["cls"]), ("gap", models["gap"]), data=dataset(images, labels),
+                              bootstrap_resamples=2, seed=5, check_examples=16, null_permutations=4)
+    checked = images[checked_indices(24, 16)]
+    patches = localization_lib.image_patches(checked, 4)
+    shares = {}
+    for label, prefix in (("cls", 1), ("gap", 0)):
+        tokens = extract(models[label], checked, "block01/+mlp")[:, prefix:]
+        procrustes = np.array([[reference.procrustes_similarity(tokens[:, t], patches[:, p]) for p in range(16)]
+                               for t in range(16)])
+        shares[label] = np.mean(np.diag(procrustes) / procrustes.sum(axis=1))  # each token owns its patch
+    localize, less = finding(result, "cls_vit_tokens_localize"), finding(result, "gap_vit_localizes_less")
+    assert localize.second_measure["value"] == pytest.approx(shares["cls"], abs=1e-4)
+    assert less.second_measure["value"] == pytest.approx(shares["cls"] - shares["gap"], abs=1e-4)
+    tokens = extract(models["cls"], checked, "block01/+mlp")[:, 1:]
+
+    def own_patch_cka(order):
+        shuffled = patches if order is None else patches[order]
+        return np.mean([reference.linear_cka(tokens[:, t], shuffled[:, t]) for t in range(16)])
+
+    assert_null(localize.null, own_patch_cka, 16, 4, seed=5)
+    assert less.null == localize.null
+
+
+def test_data_scale_checks_recomputed_with_the_reference():
+    tf.keras.utils.set_random_seed(9)
+    large, small = vit(3), vit(3)
+    images, labels = images_and_labels(32)
+    train = images_and_labels(16, seed=1)
+    result = data_scale.run({"large": large, "small": small}, {"large": 1.0, "small": 0.1},
+                            data=dataset(images, labels), probe_train_data=dataset(*train), num_classes=4, shots=2,
+                            probe_seeds=(0,), bootstrap_resamples=5, seed=6, check_examples=24, null_permutations=4)
+    less = finding(result, "less_data_hurts_higher_layers_more")
+    blocks = ["block00/+mlp", "block01/+mlp", "block02/+mlp"]
+    checked = images[checked_indices(32, 24)]
+    features = [[representations.extract(model, checked, blocks)[b] for b in blocks] for model in (small, large)]
+    same_block = [reference.procrustes_similarity(a, b) for a, b in zip(*features)]
+    assert less.second_measure["value"] == pytest.approx(same_block[0] - same_block[2], abs=1e-4)
+    assert_null(less.null, lambda order: reference_minibatch(features[0][:1], features[1][:1], order)[0, 0], 24, 4,
+                seed=6)

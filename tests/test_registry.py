@@ -1,10 +1,12 @@
 """The model registry: every preset resolves and builds, family lookup, checkpoint suffixes."""
 
+import pathlib
+
 import keras
 import pytest
 
 import helpers
-from vitcnn_tf.models import Mixer, ResNetV2, ViT, get_model, model_family, registry, save_npz
+from vitcnn_tf.models import Mixer, ResNetV2, ViT, get_model, load_timm, model_family, registry, save_npz
 
 
 @pytest.mark.parametrize("preset", registry.preset_names())
@@ -52,10 +54,20 @@ def test_get_model_loads_a_release_checkpoint(tmp_path):
     helpers.assert_same_forward(loaded, source, helpers.random_images(2, 16))
 
 
+def test_get_model_loads_a_timm_checkpoint():
+    path = pathlib.Path(__file__).parent / "fixtures" / "timm" / "mixer.safetensors"
+    fields = dict(patch_size=8, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16, channels_mlp_dim=64, num_classes=5)
+    loaded = get_model("Mixer-CPU/4", path, **fields)
+    reference = load_timm(get_model("Mixer-CPU/4", **fields), path)
+    helpers.assert_same_forward(loaded, reference, helpers.random_images(2, 32))
+    assert loaded.get_layer("head").kernel.numpy().any()
+
+
 def test_checkpoint_suffixes(tmp_path):
+    assert registry.CHECKPOINT_SUFFIXES == (".npz", ".safetensors")
     with pytest.raises(ValueError, match="expected a file ending in .npz or .safetensors"):
         get_model("ViT-CPU/4", tmp_path / "weights.h5")
-    with pytest.raises(NotImplementedError, match="weights.safetensors"):
+    with pytest.raises(FileNotFoundError, match="load_timm: no file .*weights.safetensors"):
         get_model("ViT-CPU/4", tmp_path / "weights.safetensors")
 
 

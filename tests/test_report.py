@@ -97,6 +97,33 @@ def test_html_embeds_figures_in_grids_with_captions(built):
     assert "grid-template-columns" in page
 
 
+def test_checks_of_cka_findings_in_the_tables_and_the_closing_note(built):
+    rendered, folder = built
+    stage = rendered.stages[0]
+    checks = {"a_holds": (0.3, 0.6, 0.2), "b_not": (0.1, 0.05, 0.2)}  # second measure, compared CKA, null level
+    found = tuple(Finding(f.key, f.section, f.claim, f.quantity, f.value, f.low, f.high,
+                          second_measure={"measure": "procrustes", "value": checks[f.key][0], "num_examples": 64},
+                          null={"compared": f"cka of {f.key}", "value": checks[f.key][1],
+                                "null_q95": checks[f.key][2], "p_value": 0.5})
+                  for f in stage.findings)
+    rendered = report.Report(rendered.run, (report.StageRecord(stage.name, stage.section, stage.title, stage.status,
+                                                               findings=found), *rendered.stages[1:]),
+                             rendered.models)
+    markdown = report.render_markdown(rendered)
+    assert "| **holds** | procrustes 0.3: survives | 0.6 vs 0.2 (p 0.5): clears |" in markdown
+    assert "| **does not hold** | procrustes 0.1: survives | 0.05 vs 0.2 (p 0.5): does not clear |" in markdown
+    assert "| **inconclusive** | not checked | not checked |" in markdown  # c_open rests on no similarity measure
+    closing = markdown[markdown.index("## Checks beyond CKA"):]
+    assert "- **Second measure (Procrustes)**: 2 of 2 survive (`a_holds`, `b_not`)." in closing
+    assert "- **Permutation null**: 1 of 2 clear it (`a_holds`); 1 of 2 do not clear it (`b_not`)." in closing
+    assert "CKA compared (cka of b_not) vs its null q95: 0.05 vs 0.2 (p 0.5): does not clear." in markdown
+    page = report.render_html(rendered, str(folder))
+    assert "<th>second measure</th><th>CKA vs null q95</th>" in page
+    assert "<td class='does-not-clear'>0.05 vs 0.2 (p 0.5): does not clear</td>" in page
+    assert "<h2>Checks beyond CKA</h2>" in page and "1 of 2 do not clear it (<code>b_not</code>)" in page
+    assert "Checks beyond CKA" not in report.render_markdown(built[0])  # nothing checked: no closing note
+
+
 def test_missing_figure_file_is_an_error_naming_it(built, tmp_path):
     rendered, folder = built
     (folder / "s5" / "heads.png").unlink()

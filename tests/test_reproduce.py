@@ -8,8 +8,7 @@ import reproduce_fake_stage as fake
 
 from experiments import reproduce
 
-FAKE_STAGES = tuple(reproduce.Stage(name, "4", f"Fake stage {name}", None, module="reproduce_fake_stage")
-                    for name in ("sec4_alpha", "sec4_beta_stage", "sec4_gamma_st"))
+FAKE_STAGES = fake.stages()
 
 
 @pytest.fixture(autouse=True)
@@ -27,22 +26,7 @@ def run(out, *extra, jobs=1):
     return reproduce.main(["--out", str(out), "--no-progress", "--jobs", str(jobs), *extra])
 
 
-def outputs(out):
-    """Every result file's content (stage records without their timing) by relative path."""
-    contents = {}
-    for folder, _, files in os.walk(out):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                data = handle.read()
-            if name == reproduce.STAGE_FILE:
-                record = json.loads(data)
-                record.pop("seconds")
-                data = json.dumps(record, sort_keys=True).encode()
-            contents[os.path.relpath(path, out)] = data
-    for report in ("report.md", "report.html"):  # rendered from these records, with run times (tests/test_report.py)
-        contents.pop(report)
-    return contents
+outputs = fake.comparable_outputs  # every output file, timings blanked
 
 
 def test_second_run_reuses_every_stage(tmp_path):

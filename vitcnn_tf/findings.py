@@ -6,12 +6,26 @@ is ``value > threshold``; ``"less"``: ``value < threshold``). The verdict reads 
 * ``holds``           the whole interval is on the claimed side of the threshold;
 * ``does not hold``   the whole interval is on the other side (or on the threshold);
 * ``inconclusive``    the interval straddles the threshold, or the value is not finite.
+
+A CKA-based finding also carries two checks (``vitcnn_tf.paper.measure_checks``):
+
+* ``second_measure``: the same statistic with another similarity measure (orthogonal Procrustes) in place of
+  CKA, ``{"measure", "value", "num_examples"}``. It *survives* when that value lies on the claimed side of the
+  same threshold (a point estimate: no interval is computed for it).
+* ``null``: the permutation null of the CKA quantity the finding compares, ``{"compared", "estimator", "value",
+  "null_mean", "null_std", "null_q95", "p_value", "num_permutations", "num_examples"}``. It *clears* the null
+  when ``value`` is above the null's 95th percentile ``null_q95``.
+
+Both are None for a finding that rests on no similarity measure (``not checked``).
 """
 
 import dataclasses
 import math
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+SURVIVES, DOES_NOT_SURVIVE = "survives", "does not survive"
+CLEARS, DOES_NOT_CLEAR = "clears", "does not clear"
+NOT_CHECKED = "not checked"
 DIRECTIONS = ("greater", "less")
 
 
@@ -27,6 +41,7 @@ class Finding:
       value, low, high: the estimate and its interval (``low <= value <= high`` when all are finite).
       threshold, direction: the claim is ``value > threshold`` (``"greater"``) or ``value < threshold``.
       detail: free-form JSON-able context (models, example counts, seeds).
+      second_measure, null: the checks of a CKA finding (module docstring), or None.
     """
 
     key: str
@@ -39,6 +54,8 @@ class Finding:
     threshold: float = 0.0
     direction: str = "greater"
     detail: dict = dataclasses.field(default_factory=dict)
+    second_measure: dict | None = None
+    null: dict | None = None
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -62,6 +79,25 @@ class Finding:
             return DOES_NOT_HOLD
         return INCONCLUSIVE
 
+    @property
+    def second_measure_verdict(self):
+        """``"survives"`` when the second measure's value is on the claimed side of the threshold, ``"does not
+        survive"`` when it is not (or not finite), ``"not checked"`` without a second measure."""
+        if self.second_measure is None:
+            return NOT_CHECKED
+        value = _float(self.second_measure.get("value"))
+        margin = value - self.threshold if self.direction == "greater" else self.threshold - value
+        return SURVIVES if math.isfinite(value) and margin > 0 else DOES_NOT_SURVIVE
+
+    @property
+    def null_verdict(self):
+        """``"clears"`` when the compared CKA value is above the null's 95th percentile, ``"does not clear"`` when
+        it is not (or either is not finite), ``"not checked"`` without a null."""
+        if self.null is None:
+            return NOT_CHECKED
+        value, level = _float(self.null.get("value")), _float(self.null.get("null_q95"))
+        return CLEARS if math.isfinite(value) and math.isfinite(level) and value > level else DOES_NOT_CLEAR
+
     def to_dict(self):
         """JSON-able dict including the verdict; non-finite numbers become ``None``."""
         data = dataclasses.asdict(self)
@@ -69,6 +105,12 @@ class Finding:
             if not math.isfinite(data[name]):
                 data[name] = None
         data["verdict"] = self.verdict
+        data["second_measure_verdict"] = self.second_measure_verdict
+        data["null_verdict"] = self.null_verdict
+        for name in ("second_measure", "null"):
+            if data[name] is not None:
+                data[name] = {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                              for key, v in data[name].items()}
         return data
 
     @classmethod
@@ -81,14 +123,38 @@ class Finding:
 
 
 def findings_table(findings):
-    """A Markdown table of findings: section, claim, quantity, value [95% interval], verdict."""
-    lines = ["| section | finding | quantity | value [95% CI] | verdict |", "| --- | --- | --- | --- | --- |"]
+    """A Markdown table of findings: section, claim, quantity, value [95% interval], verdict, and the checks of
+    the CKA findings: the second measure's value and verdict, the CKA compared with its null level and verdict."""
+    lines = ["| section | finding | quantity | value [95% CI] | verdict | second measure | CKA vs null q95 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for finding in findings:
         sign = ">" if finding.direction == "greater" else "<"
         value = f"{_number(finding.value)} [{_number(finding.low)}, {_number(finding.high)}]"
         lines.append(f"| {finding.section} | {finding.claim} | {finding.quantity} (claim: {sign} "
-                     f"{_number(finding.threshold)}) | {value} | **{finding.verdict}** |")
+                     f"{_number(finding.threshold)}) | {value} | **{finding.verdict}** | "
+                     f"{second_measure_text(finding)} | {null_text(finding)} |")
     return "\n".join(lines)
+
+
+def second_measure_text(finding):
+    """``"procrustes 0.42: survives"``, or ``"not checked"``."""
+    if finding.second_measure is None:
+        return NOT_CHECKED
+    return (f"{finding.second_measure.get('measure', '')} {_number(_float(finding.second_measure.get('value')))}: "
+            f"{finding.second_measure_verdict}")
+
+
+def null_text(finding):
+    """``"0.61 vs 0.05 (p 0.0099): clears"``, or ``"not checked"``."""
+    if finding.null is None:
+        return NOT_CHECKED
+    null = finding.null
+    return (f"{_number(_float(null.get('value')))} vs {_number(_float(null.get('null_q95')))} "
+            f"(p {_number(_float(null.get('p_value')))}): {finding.null_verdict}")
+
+
+def _float(value):
+    return math.nan if value is None else float(value)
 
 
 def _number(value):

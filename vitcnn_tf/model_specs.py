@@ -104,11 +104,14 @@ def load_model(spec, *, zoo_dir, data_dir=None, verbose=0):
 
 
 def load_models(specs, **kwargs):
-    """``{label: keras.Model}`` for ``specs`` in order, through :func:`load_model` (``kwargs``); a repeated label
-    gets a ``#k`` suffix (``vit``, ``vit#2``)."""
+    """``{label: keras.Model}`` for ``specs`` in order, through :func:`load_model` (``kwargs``). A repeated label
+    is told apart by the checkpoint's file name (``ViT-B-16``, ``ViT-B-16-B_16-i1k-300ep...``), else by a ``#k``
+    suffix (``vit``, ``vit#2``)."""
     models = {}
     for spec in map(parse_model_spec, specs):
         label = spec.label
+        if label in models and spec.kind == "checkpoint":
+            label = f"{label}-{safe_label(os.path.splitext(os.path.basename(spec.path))[0])}"
         if label in models:
             label = f"{label}#{sum(existing.split('#')[0] == label for existing in models) + 1}"
         models[label] = load_model(spec, **kwargs)

@@ -15,6 +15,10 @@ TensorFlow's runtime does not survive a fork) whose TensorFlow and BLAS thread p
 threads) reaches the next one; a fresh process costs about 5 s of start-up. With
 ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
 their arguments must be picklable (module-level functions, plain data) and their results too.
+
+A worker process dies with the process that started it, even when that one is killed with ``kill -9``
+(:func:`vitcnn_tf.runtime.die_with_parent`), so an interrupted run leaves no worker behind still writing results;
+it imports TensorFlow without its C++ start-up log lines (:func:`vitcnn_tf.runtime.import_tensorflow`).
 """
 
 import concurrent.futures
@@ -58,7 +62,8 @@ def default_num_workers():
         return os.cpu_count() or 1
 
 
-def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, on_done=None):
+def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, on_done=None, on_tick=None,
+              tick_seconds=1.0):
     """Runs ``tasks`` (a sequence of :class:`Task`) and returns ``{task name: result}``.
 
     Args:
@@ -67,6 +72,8 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
       threads_per_worker: TensorFlow / BLAS threads of each worker process.
       on_start / on_done: called in this process as ``on_start(task)`` when a task starts and
         ``on_done(task, result)`` when it finishes, e.g. to print progress.
+      on_tick: with worker processes, called in this process as ``on_tick()`` about every ``tick_seconds`` while
+        tasks run (e.g. to redraw a progress line).
 
     Raises:
       ValueError: duplicate names, an ``after`` naming no task, a dependency cycle, or a bad worker count.
@@ -93,9 +100,11 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
                 on_done(task, result)
         return scheduler.outcome()
 
+    runtime.set_environment_defaults()  # inherited by the workers
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_start_worker,
-                                                initargs=(threads_per_worker,), max_tasks_per_child=1) as pool:
+                                                initargs=(threads_per_worker, os.getpid()),
+                                                max_tasks_per_child=1) as pool:
         running = {}
         while True:
             while len(running) < num_workers and (task := scheduler.next_ready()) is not None:
@@ -104,7 +113,10 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
                 running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs)] = task
             if not running:
                 return scheduler.outcome()
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(running, timeout=tick_seconds if on_tick else None,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if on_tick:
+                on_tick()
             for future in done:
                 task = running.pop(future)
                 try:
@@ -184,8 +196,9 @@ class _WorkerError:
     traceback: str
 
 
-def _start_worker(threads):
-    runtime.set_environment_defaults()
+def _start_worker(threads, parent_pid):
+    runtime.die_with_parent(parent_pid)
+    runtime.import_tensorflow()
     runtime.limit_threads(threads)
 
 

@@ -8,10 +8,13 @@ turn it into a page a reader puts next to the paper:
 
 * a summary header: how many findings hold / do not hold / are inconclusive, on which models, data, split,
   example counts and hardware, in how long;
-* the findings table, the paper's claim beside our measurement and verdict;
+* the findings table, the paper's claim beside our measurement and verdict, and for every CKA-based finding the
+  same statistic under a second measure (Procrustes) with whether it survives, and the compared CKA against its
+  permutation-null level with whether it clears it;
 * one part per paper section, its figures in the paper's order (Section 4 opens with Figure 1), each captioned
   with the paper's figure number, what it shows and what to look for; the panels of one paper figure side by side
-  (a CSS grid in HTML); figures without a description are captioned with their file name.
+  (a CSS grid in HTML); figures without a description are captioned with their file name;
+* a closing note: which CKA findings survive the second measure and clear the null, and which do not.
 """
 
 import base64
@@ -34,6 +37,11 @@ VERDICTS = (findings_lib.HOLDS, findings_lib.DOES_NOT_HOLD, findings_lib.INCONCL
 TITLE = "Do Vision Transformers See Like CNNs? Reproduction report"
 INTERVAL_NOTE = ("Intervals are bootstrap 95% intervals; a verdict *holds* when the whole interval is on the "
                  "claimed side of the threshold, *does not hold* when it is on the other side, else *inconclusive*.")
+CHECKS_NOTE = ("Checks of the CKA findings, on a capped subset of the examples: the same statistic under orthogonal "
+               "Procrustes similarity *survives* when it lies on the claimed side of the same threshold (a point "
+               "estimate); the CKA the finding compares *clears* the permutation null when it is above the 95th "
+               "percentile of its values over shuffled example pairings.")
+CHECKS_TITLE = "Checks beyond CKA"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +171,36 @@ def render_markdown(report):
         lines.append("")
         for finding in (f for stage in stages for f in stage.findings):
             lines.append(f"- **{finding.key}**: the paper: {finding.claim} Measured: {finding.quantity} = "
-                         f"{_interval(finding)}: **{finding.verdict}**.")
+                         f"{_interval(finding)}: **{finding.verdict}**.{_checks_text(finding)}")
         lines.append("")
         for paper_figure, figures in groups.get(section, []):
             for figure in figures:
                 lines += [f"![{_figure_label(figure)}]({figure.path})", "", f"*{_caption_text(figure)}*", ""]
+    closing = closing_note(report.findings)
+    if closing:
+        lines += [f"## {CHECKS_TITLE}", "", CHECKS_NOTE, "", *[f"- {line}" for line in closing], ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def closing_note(found):
+    """Lines naming the CKA findings (those with checks) that survive the second measure and that clear the null,
+    and those that do not; empty when no finding was checked."""
+    lines = []
+    for attribute, text, outcomes in (
+            ("second_measure_verdict", "Second measure (Procrustes)",
+             ((findings_lib.SURVIVES, "survive"), (findings_lib.DOES_NOT_SURVIVE, "do not survive"))),
+            ("null_verdict", "Permutation null",
+             ((findings_lib.CLEARS, "clear it"), (findings_lib.DOES_NOT_CLEAR, "do not clear it")))):
+        checked = [finding for finding in found if getattr(finding, attribute) != findings_lib.NOT_CHECKED]
+        if not checked:
+            continue
+        parts = []
+        for verdict, words in outcomes:
+            keys = [f"`{finding.key}`" for finding in checked if getattr(finding, attribute) == verdict]
+            if keys:
+                parts.append(f"{len(keys)} of {len(checked)} {words} ({', '.join(keys)})")
+        lines.append(f"**{text}**: " + "; ".join(parts) + ".")
+    return lines
 
 
 def render_html(report, folder):
@@ -212,6 +244,11 @@ def render_html(report, folder):
                              f"src='{_data_uri(os.path.join(folder, figure.path))}'>"
                              f"<figcaption>{_inline(_caption_text(figure))}</figcaption></figure>")
             parts.append("</div>")
+    closing = closing_note(report.findings)
+    if closing:
+        parts.append(f"<h2>{html.escape(CHECKS_TITLE)}</h2><p class='note'>{_inline(CHECKS_NOTE)}</p><ul>")
+        parts += [f"<li>{_inline(line)}</li>" for line in closing]
+        parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -240,16 +277,28 @@ def _summary_lines(report, markdown):
 
 def _findings_html(found):
     rows = ["<table class='findings'><tr><th>§</th><th>the paper's claim</th><th>what we measured</th>"
-            "<th>value [95% CI]</th><th>verdict</th></tr>"]
+            "<th>value [95% CI]</th><th>verdict</th><th>second measure</th><th>CKA vs null q95</th></tr>"]
     for finding in found:
         sign = ">" if finding.direction == "greater" else "<"
         rows.append(f"<tr><td>{html.escape(finding.section)}</td><td>{html.escape(finding.claim)}</td>"
                     f"<td>{html.escape(finding.quantity)} (claim: {sign} {_number(finding.threshold)})</td>"
                     f"<td class='num'>{html.escape(_interval(finding))}</td>"
                     f"<td><span class='badge {_css_class(finding.verdict)}'>{html.escape(finding.verdict)}</span>"
+                    f"</td><td class='{_css_class(finding.second_measure_verdict)}'>"
+                    f"{html.escape(findings_lib.second_measure_text(finding))}</td>"
+                    f"<td class='{_css_class(finding.null_verdict)}'>{html.escape(findings_lib.null_text(finding))}"
                     "</td></tr>")
     rows.append("</table>")
     return "".join(rows)
+
+
+def _checks_text(finding):
+    """`` Procrustes: ...; CKA null: ...`` for a checked finding, else ``""``."""
+    if finding.second_measure is None and finding.null is None:
+        return ""
+    return (f" Second measure: {findings_lib.second_measure_text(finding)}. CKA compared "
+            f"({finding.null.get('compared', '') if finding.null else ''}) vs its null q95: "
+            f"{findings_lib.null_text(finding)}.")
 
 
 def _status_text(stage):
@@ -318,7 +367,8 @@ vertical-align:top}th{background:#f4f4f4;text-align:left}td.num{text-align:right
 .summary{background:#f7f9fc;border:1px solid #d8e0ea;border-radius:6px;padding:.6em 1em}.summary ul{margin:.3em 0}
 .counts{margin:.2em 0 .4em}.badge{display:inline-block;border-radius:4px;padding:1px 8px;margin-right:6px;
 font-weight:600;white-space:nowrap}.holds{background:#d9f2dd;color:#145a22}.does-not-hold{background:#f9d7d7;
-color:#7a1616}.inconclusive{background:#fbefc8;color:#6b5200}.note{color:#555;font-size:90%}
+color:#7a1616}.inconclusive{background:#fbefc8;color:#6b5200}
+td.survives,td.clears{color:#145a22}td.does-not-survive,td.does-not-clear{color:#7a1616}.note{color:#555;font-size:90%}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px;align-items:start}
 .grid.one{grid-template-columns:minmax(0,760px)}
 figure{margin:0;border:1px solid #e3e3e3;border-radius:6px;padding:6px;background:#fff}

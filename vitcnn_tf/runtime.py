@@ -1,24 +1,73 @@
-"""TensorFlow runtime settings for CPU runs: environment defaults and per-process thread limits.
+"""TensorFlow runtime settings for CPU runs: environment defaults, a quiet import, thread limits, worker lifetime.
 
 TensorFlow reads its environment once, when it is imported, so :func:`set_environment_defaults` must run before
-``import tensorflow`` (the ``experiments`` package and the test suite call it first thing). The defaults:
+``import tensorflow`` (the ``experiments`` package, the worker processes and the test suite call it first thing).
+The defaults:
 
-* ``TF_CPP_MIN_LOG_LEVEL=2``: no C++ info / warning lines;
+* ``TF_CPP_MIN_LOG_LEVEL=3``: no C++ log lines once TensorFlow is loaded (at level 2 a CPU-only machine still
+  prints ``E0000 ... failed call to cuInit``, a false alarm; real errors reach Python as exceptions);
 * ``TF_ENABLE_ONEDNN_OPTS=1``: oneDNN kernels for matmuls and convolutions. TensorFlow enables them by default on
   some CPUs only (not on AMD CPUs, for one), and they speed up the training steps of the CPU zoo.
 
 A variable the user has already set is left as it is.
+
+While its shared libraries load, TensorFlow 2.21 logs through absl before absl's logging is initialised, and those
+lines (``WARNING: All log messages before absl::InitializeLog() is called ...``, ``I0000 ... oneDNN custom
+operations are on``, ``I0000 ... cudart_stub.cc ... Could not find cuda drivers``) ignore ``TF_CPP_MIN_LOG_LEVEL``
+and every other environment variable. :func:`import_tensorflow` therefore imports TensorFlow with file descriptor 2
+sent to a temporary file, and writes back to stderr every captured line except those absl info / warning lines.
 """
 
+import ctypes
 import os
+import re
+import signal
+import sys
+import tempfile
+import threading
 
-ENVIRONMENT_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+ENVIRONMENT_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"}
+_ABSL_PRE_INIT_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_ABSL_INFO_OR_WARNING = re.compile(r"^[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")  # absl's line prefix
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def set_environment_defaults():
     """Sets every variable of :data:`ENVIRONMENT_DEFAULTS` that is not set yet."""
     for name, value in ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def import_tensorflow():
+    """``import tensorflow`` (after :func:`set_environment_defaults`) without the C++ log lines it prints while its
+    libraries load; other output of the import still reaches stderr. Returns the module. A no-op import when
+    TensorFlow is loaded already."""
+    set_environment_defaults()
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not is_tensorflow_log_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+    return tensorflow
+
+
+def is_tensorflow_log_noise(line):
+    """True for the absl pre-initialisation banner and for absl info / warning lines (``I0000 ...``,
+    ``W0000 ...``); error lines (``E...``) and anything else are kept."""
+    return line.startswith(_ABSL_PRE_INIT_BANNER) or bool(_ABSL_INFO_OR_WARNING.match(line))
 
 
 def limit_threads(num_threads):
@@ -30,9 +79,36 @@ def limit_threads(num_threads):
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"limit_threads: num_threads must be a positive int, got {num_threads!r}")
-    import tensorflow as tf
+    tf = import_tensorflow()
     from threadpoolctl import threadpool_limits
 
     tf.config.threading.set_intra_op_parallelism_threads(num_threads)
     tf.config.threading.set_inter_op_parallelism_threads(num_threads)
     threadpool_limits(num_threads)
+
+
+def die_with_parent(parent_pid, poll_seconds=1.0):
+    """Makes this process end when the process ``parent_pid`` (its parent) ends, even by ``kill -9``.
+
+    On Linux the kernel sends this process ``SIGKILL`` when its parent exits (``prctl(PR_SET_PDEATHSIG)``); if the
+    parent is already gone, this process ends at once. Elsewhere a daemon thread checks every ``poll_seconds``
+    whether the parent is still this process's parent. Returns ``"prctl"`` or ``"poll"``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the call
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return "prctl"
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGKILL)
+            threading.Event().wait(poll_seconds)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    return "poll"

@@ -116,7 +116,9 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
       validation_every: evaluate ``test_data`` after every this many epochs (its history is in the record); the
         default ``ceil(epochs / 3)`` keeps many short epochs (small data subsets) from costing more in
         evaluation than in training. The final test accuracy is measured after training in any case.
-      verbose: Keras ``fit`` verbosity; ``"auto"`` is a progress bar on a terminal, one line per epoch otherwise.
+      verbose: 0 for silence; otherwise one progress bar for the whole training (:class:`TrainingProgress`:
+        steps of every epoch, the time left, loss and accuracy), redrawn in place on a terminal and printed about
+        once a minute otherwise (``"auto"``, 1 and 2 alike).
     """
     steps_per_epoch = _num_batches(train_data, "train_data")
     num_classes = int(model.output_shape[-1])
@@ -129,8 +131,6 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         raise ValueError(f"fit: validation_every must be a positive int, got {validation_every!r}")
     if checkpoint_every and output_dir is None:
         raise ValueError("fit: checkpoint_every needs an output_dir")
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
 
     keras.utils.set_random_seed(seed)
     model.compile(
@@ -138,7 +138,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
-    callbacks = []
+    callbacks = [TrainingProgress(total_steps)] if verbose else []
     if checkpoint_every:
         callbacks.append(EpochCheckpoint(os.path.join(output_dir, "checkpoints"), checkpoint_every, weights_format))
 
@@ -150,7 +150,7 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         epochs=int(config.epochs),
         shuffle=False,  # the pipeline shuffles
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=0,
     )
     train_seconds = time.perf_counter() - start
     train_eval = train_data if train_eval_data is None else train_eval_data
@@ -187,6 +187,23 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         record["weights_sha256"] = sha256_file(weights_path)
         atomic_io.write_json(os.path.join(output_dir, RECORD_FILE), record)
     return record
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """One ``keras.utils.Progbar`` over every step of a training (``total_steps``), with the time left and the
+    running loss and accuracy, redrawn at most every ``interval`` seconds (default: 0.5 on a terminal, else 60)."""
+
+    def __init__(self, total_steps, interval=None):
+        super().__init__()
+        interactive = sys.stdout.isatty()
+        self.progbar = keras.utils.Progbar(total_steps, unit_name="step", interval=interval or (
+            0.5 if interactive else 60.0), stateful_metrics=["loss", "accuracy"])
+        self.step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        self.progbar.update(self.step, values=[(key, float(logs[key])) for key in ("loss", "accuracy")
+                                               if logs and key in logs])
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -3,6 +3,10 @@
 For every query patch, the pixel distances to the key patches are weighted by the attention probabilities; the
 result is averaged over queries and examples, per head. Prefix (CLS) rows and columns are dropped, so only
 patch-to-patch attention counts. A local head has a small mean distance, a global head a large one.
+
+Attention entropy, the usual companion of the distance: the entropy (nats) of each query patch's attention over
+the patch keys (renormalised over them), averaged over queries and examples, per head. It is 0 for a head that
+attends to one patch and ``log P`` for one attending uniformly to all ``P`` patches.
 """
 
 import numpy as np
@@ -80,17 +84,10 @@ def mean_attention_distance(attention, patch_size, num_prefix_tokens=1, renormal
     return accumulator.result()
 
 
-class MeanAttentionDistance:
-    """Streaming mean attention distance over a dataset: ``update`` with each ``[n_b, H, T, T]`` batch, then
-    ``result() -> [H]`` (the mean over every example seen, the same as ``mean_attention_distance`` on the
-    concatenation). ``per_example()`` returns the ``[N, H]`` values, e.g. for bootstrap intervals over examples.
-    """
-
-    def __init__(self, patch_size, num_prefix_tokens=1, renormalize=True):
-        self.patch_size = patch_size
-        self.num_prefix_tokens = num_prefix_tokens
-        self.renormalize = renormalize
-        self.reset()
+class PerHeadAccumulator:
+    """Streaming per-head statistic over a dataset: ``update`` with each ``[n_b, H, T, T]`` batch, then
+    ``result() -> [H]`` (the mean over every example seen); ``per_example()`` returns the ``[N, H]`` values, e.g. for
+    bootstrap intervals over examples. Subclasses give ``_per_example_values(attention) -> [n, H]``."""
 
     def reset(self):
         self._per_example = []
@@ -104,27 +101,76 @@ class MeanAttentionDistance:
             raise ValueError(
                 f"attention: batch has {attention.shape[1]} heads, earlier batches had {self._per_example[0].shape[1]}"
             )
-        batch = []
         for start in range(0, max(len(attention), 1), _EXAMPLES_PER_CHUNK):
-            batch.append(
-                per_example_attention_distance(
-                    attention[start : start + _EXAMPLES_PER_CHUNK],
-                    self.patch_size,
-                    self.num_prefix_tokens,
-                    self.renormalize,
-                )
-            )
-        self._per_example.extend(batch)
+            self._per_example.append(self._per_example_values(attention[start : start + _EXAMPLES_PER_CHUNK]))
 
     def per_example(self):
-        """``[N, H]`` per-example mean distances of all examples seen so far."""
+        """``[N, H]`` per-example values of all examples seen so far."""
         if not self._per_example:
-            raise ValueError("MeanAttentionDistance: no attention maps added yet (call update first)")
+            raise ValueError(f"{type(self).__name__}: no attention maps added yet (call update first)")
         return np.concatenate(self._per_example, axis=0)
 
     def result(self):
-        """``[H]`` mean distance per head over all examples seen so far."""
+        """``[H]`` mean per head over all examples seen so far."""
         return self.per_example().mean(axis=0)
+
+
+class MeanAttentionDistance(PerHeadAccumulator):
+    """Streaming mean attention distance (the same as ``mean_attention_distance`` on the concatenation)."""
+
+    def __init__(self, patch_size, num_prefix_tokens=1, renormalize=True):
+        self.patch_size = patch_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.renormalize = renormalize
+        self.reset()
+
+    def _per_example_values(self, attention):
+        return per_example_attention_distance(attention, self.patch_size, self.num_prefix_tokens, self.renormalize)
+
+
+def per_example_attention_entropy(attention, num_prefix_tokens=1):
+    """``[n, H]`` mean entropy (nats) of each head's attention rows over the patch keys for each example.
+
+    ``attention``: ``[n, H, T, T]`` probabilities (NumPy or TF), queries on axis 2 and keys on axis 3; the first
+    ``num_prefix_tokens`` rows and columns are dropped and every query row is renormalised over the patch keys
+    (``0 log 0 = 0``). Unlike the distance it needs no square patch grid.
+    """
+    attention = token_layout.as_float64(attention, "attention")
+    if attention.ndim != 4 or attention.shape[2] != attention.shape[3] or 0 in attention.shape[:2]:
+        raise ValueError(f"attention: expected non-empty square attention maps [n, heads, T, T], got shape "
+                         f"{attention.shape}")
+    prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, attention.shape[2], "attention")
+    token_layout.check_finite(attention, "attention")
+    if np.any(attention < 0):
+        raise ValueError(f"attention: negative weights (min {attention.min():.3g}); expected probabilities >= 0")
+    patch_attention = attention[:, :, prefix:, prefix:]
+    mass = patch_attention.sum(axis=-1, keepdims=True)
+    if np.any(mass <= 0):
+        raise ValueError(f"attention: {int(np.sum(mass <= 0))} query row(s) put no weight on any patch key; their "
+                         "entropy over the patches is undefined")
+    weights = patch_attention / mass
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(weights > 0, -weights * np.log(weights), 0.0)
+    return terms.sum(axis=-1).mean(axis=-1)
+
+
+def attention_entropy(attention, num_prefix_tokens=1):
+    """``[H]`` mean entropy (nats) of the attention rows over the patch keys, per head, averaged over the query
+    patches and examples (see ``per_example_attention_entropy``)."""
+    accumulator = AttentionEntropy(num_prefix_tokens)
+    accumulator.update(attention)
+    return accumulator.result()
+
+
+class AttentionEntropy(PerHeadAccumulator):
+    """Streaming attention entropy (equal to ``attention_entropy`` on the concatenation)."""
+
+    def __init__(self, num_prefix_tokens=1):
+        self.num_prefix_tokens = num_prefix_tokens
+        self.reset()
+
+    def _per_example_values(self, attention):
+        return per_example_attention_entropy(attention, self.num_prefix_tokens)
 
 
 def head_distance_spread(head_distances):

@@ -51,19 +51,33 @@ def effective_receptive_field(model, images, layer, num_prefix_tokens=None, batc
     ``num_prefix_tokens`` (token taps only): default from ``model.config`` (1 for a CLS-token ViT, 0 for GAP ViT
     and Mixer) or, for other models, 0 or 1 from the token count. Images are processed ``batch_size`` at a time.
 
-    Cost: one forward and backward pass of the sub-model per output channel and batch (the exact mean over channels
-    of the absolute gradients needs every channel's gradient separately). ``max_channels``: average over a random
-    subset of that many channels instead (drawn without replacement with ``seed``), an unbiased estimate of the
-    all-channel map for layers with many channels.
+    Cost: one forward pass of the sub-model per batch, then one backward pass per channel (the exact mean over
+    channels of the absolute gradients needs every channel's gradient separately). ``max_channels``: average each
+    image over its own random subset of that many channels instead (``sampled_channels``), an unbiased estimate of
+    the all-channel map at a cost of ``max_channels`` backward passes per batch, whatever the layer's width.
     """
     return per_image_effective_receptive_field(model, images, layer, num_prefix_tokens, batch_size, max_channels,
                                                seed).mean(axis=0)
 
 
+def sampled_channels(num_images, num_channels, max_channels=None, seed=0):
+    """``[n, k]`` int32 channel indices: every channel for every image (``k = num_channels``) when ``max_channels``
+    is None or not smaller, else ``k = max_channels`` channels drawn without replacement for each image
+    independently (image ``i``'s draw depends only on ``seed`` and ``i``, not on the batch size)."""
+    if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, (int, np.integer))
+                                     or max_channels < 1):
+        raise ValueError(f"max_channels: expected None or an int >= 1, got {max_channels!r}")
+    if max_channels is None or max_channels >= num_channels:
+        return np.tile(np.arange(num_channels, dtype=np.int32), (num_images, 1))
+    draws = [np.random.default_rng(child).choice(num_channels, size=max_channels, replace=False)
+             for child in np.random.SeedSequence(seed).spawn(num_images)]
+    return np.stack(draws).astype(np.int32)
+
+
 def per_image_effective_receptive_field(model, images, layer, num_prefix_tokens=None, batch_size=32,
                                         max_channels=None, seed=0):
-    """``[n, image_h, image_w]`` float64 ERF map of each image (mean over channels only), for bootstrap intervals
-    over images; its mean over the images is ``effective_receptive_field`` (same arguments)."""
+    """``[n, image_h, image_w]`` float64 ERF map of each image (mean over its channels only), for bootstrap
+    intervals over images; its mean over the images is ``effective_receptive_field`` (same arguments)."""
     images = token_layout.as_array(images)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images: expected a non-empty [n, H, W, C] batch, got shape {images.shape}")
@@ -72,31 +86,35 @@ def per_image_effective_receptive_field(model, images, layer, num_prefix_tokens=
     submodel = representations.tap_model(model, layer)
     shape, num_prefix_tokens = _layer_layout(model, layer, submodel, num_prefix_tokens)
     centre = centre_index(shape, num_prefix_tokens)
-    channels = np.arange(shape[-1])
-    if max_channels is not None and max_channels < len(channels):
-        if max_channels < 1:
-            raise ValueError(f"max_channels: expected None or an int >= 1, got {max_channels!r}")
-        channels = np.sort(np.random.default_rng(seed).choice(channels, size=max_channels, replace=False))
+    channels = sampled_channels(len(images), shape[-1], max_channels, seed)
     flatten_heads = len(submodel.output.shape) == 4 and len(shape) == 3
 
     @tf.function(autograph=False, reduce_retracing=True)
-    def abs_gradient(batch, channel):
-        """|d a_channel(centre) / d x| of each image: [b, H, W, C] (images are independent, so the gradient of
-        the batch sum holds each image's own gradient)."""
-        with tf.GradientTape() as tape:
+    def summed_abs_gradients(batch, batch_channels):
+        """``sum_j |d a_{c_ij}(centre) / d x_i|`` for images ``x_i`` ``[b, H, W, C]`` and their channels
+        ``c_ij`` ``[b, k]``: one forward pass, then one backward pass per column ``j``, seeded with the one-hot
+        column (images are independent, so the gradient of the sum over the batch holds each image's own)."""
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(batch)
             activation = submodel(batch, training=False)
             if flatten_heads:  # [b, T, H, dh] -> [b, T, H * dh]
                 activation = tf.reshape(activation, (-1, shape[1], shape[2]))
-            centre_activation = activation[(slice(None),) + centre][:, channel]  # [b]
-        return tf.abs(tape.gradient(centre_activation, batch))
+            targets = tf.gather(activation[(slice(None),) + centre], batch_channels, batch_dims=1)  # [b, k]
+        num_columns = tf.shape(targets)[1]
+
+        def add_column(column, total):
+            seed = tf.one_hot(tf.fill(tf.shape(targets)[:1], column), num_columns, dtype=targets.dtype)
+            return column + 1, total + tf.abs(tape.gradient(targets, batch, output_gradients=seed))
+
+        _, total = tf.while_loop(lambda column, _: column < num_columns, add_column,
+                                 (tf.constant(0), tf.zeros_like(batch)), parallel_iterations=1)
+        return total
 
     total = np.zeros(images.shape, dtype=np.float64)
     for begin in range(0, len(images), batch_size):
         batch = tf.convert_to_tensor(images[begin : begin + batch_size], dtype=tf.float32)
-        for channel in channels:
-            total[begin : begin + batch_size] += abs_gradient(batch, tf.constant(channel, tf.int32)).numpy()
-    return total.mean(axis=-1) / len(channels)
+        total[begin : begin + batch_size] = summed_abs_gradients(batch, channels[begin : begin + batch_size]).numpy()
+    return total.mean(axis=-1) / channels.shape[1]
 
 
 def erf_extent(erf_map, mass=0.5, center=None):

@@ -23,6 +23,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 EMBEDDED_DATASETS = ("shapes10", "digits")
 IMAGE_FOLDER = "image_folder"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the files tfds.folder_dataset.ImageFolder reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +114,30 @@ class TfdsSource:
         return labels
 
     def dataset(self, split, indices):
-        """Examples of ``split`` in file order; with ``indices`` (ascending) only those positions."""
-        ds = self.builder.as_dataset(split=split, shuffle_files=False)
-        ds = ds.map(lambda example: (example[self._image_key], tf.cast(example[self._label_key], tf.int64)))
+        """Examples of ``split`` in file order; with ``indices`` (ascending) only those positions.
+
+        Images are decoded after the selection. The files of an image folder are checked before decoding: one
+        that is not a complete PNG, nor a JPEG, GIF, BMP or WebP file (a truncated or foreign file) stops the
+        iteration with a ``tf.errors.InvalidArgumentError`` naming it.
+        """
+        image_feature = self.builder.info.features[self._image_key]
+        ds = self.builder.as_dataset(split=split, shuffle_files=False,
+                                     decoders={self._image_key: tfds.decode.SkipDecoding()})
         if indices is not None:
             keep = np.zeros(self.num_examples(split), bool)
             keep[indices] = True
             keep = tf.constant(keep)
             ds = ds.enumerate().filter(lambda position, example: keep[position]).map(lambda position, ex: ex)
+        check_files = isinstance(self.builder, tfds.folder_dataset.ImageFolder)
+
+        def decode(example):
+            encoded = example[self._image_key]
+            if check_files:
+                encoded = checked_image_file(encoded, example["image/filename"])
+            return image_feature.decode_example(encoded), tf.cast(example[self._label_key], tf.int64)
+
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        if indices is not None:
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
         return ds
 
@@ -140,8 +157,54 @@ def open_source(name, data_dir=None, download=False, cache_dir=None):
         if data_dir is None or not os.path.isdir(data_dir):
             raise ValueError(f"dataset 'image_folder' needs data_dir = an existing folder laid out as "
                              f"root/split/label/image.png, got data_dir={data_dir!r}")
+        check_image_folder(data_dir)
         return TfdsSource(tfds.folder_dataset.ImageFolder(os.fspath(data_dir)), name, cache_dir)
     return TfdsSource(_tfds_builder(name, data_dir, download), name, cache_dir)
+
+
+def check_image_folder(root):
+    """Raises ``ValueError`` naming the first class folder ``root/split/label`` that holds no image file.
+
+    Image files are those ``tfds.folder_dataset.ImageFolder`` reads: names ending in one of ``IMAGE_EXTENSIONS``
+    (any case). Without the check, such a folder is a class without examples, or, when it is the only one of its
+    split, an obscure ``TypeError`` from ``ReadFile``.
+    """
+    for split in _subfolders(root):
+        for label in _subfolders(os.path.join(root, split)):
+            folder = os.path.join(root, split, label)
+            names = sorted(entry.name for entry in os.scandir(folder) if not entry.is_dir())
+            if not any(name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+                found = (f"its {len(names)} files (e.g. {names[:3]}) are not images" if names else "it is empty")
+                raise ValueError(f"image folder: class folder {folder!r} (class {label!r} of split {split!r}) holds "
+                                 f"no image file ({', '.join(IMAGE_EXTENSIONS)}): {found}; add images or remove it")
+
+
+def _subfolders(folder):
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+# The first bytes of the image formats tf.io.decode_image reads (WebP: "RIFF", 4 size bytes, "WEBP").
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the last 8 bytes of a complete PNG: the IEND chunk's type and CRC
+_SIGNATURES = (b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def checked_image_file(encoded, filename):
+    """``encoded`` (a scalar string tensor, the bytes of the image file ``filename``), checked to be a complete
+    PNG (signature and final IEND chunk) or to start like a JPEG, GIF, BMP or WebP file; otherwise an assertion
+    (``tf.errors.InvalidArgumentError`` when run) names the file."""
+    size = tf.strings.length(encoded)
+    png = (tf.strings.substr(encoded, 0, len(_PNG_SIGNATURE)) == _PNG_SIGNATURE) & (
+        tf.strings.substr(encoded, tf.maximum(size - len(_PNG_END), 0), len(_PNG_END)) == _PNG_END)
+    webp = (tf.strings.substr(encoded, 0, 4) == b"RIFF") & (
+        tf.strings.substr(encoded, tf.minimum(size, 8), 4) == b"WEBP")
+    readable = png | webp
+    for signature in _SIGNATURES:
+        readable |= tf.strings.substr(encoded, 0, len(signature)) == signature
+    assertion = tf.debugging.Assert(readable, ["unreadable image file (not a complete PNG, JPEG, GIF, BMP or WebP "
+                                               "file: truncated or corrupt):", filename])
+    with tf.control_dependencies([assertion]):
+        return tf.identity(encoded)
 
 
 def _tfds_builder(name, data_dir, download):

@@ -58,31 +58,40 @@ def representation(x, name, caller):
     return x
 
 
-def features(x, name, caller):
-    """Validate a finite representation ``[n, ...]``; return it flattened to ``[n, d]``."""
+def features(x, name, caller, min_examples=1):
+    """Validate a finite representation ``[n, ...]`` with ``n >= min_examples``; return it flattened to ``[n, d]``."""
     x = representation(x, name, caller)
+    if min_examples > 1:
+        n = num_examples(x)
+        message = f"{caller}: {name} needs at least {min_examples} examples"
+        x, = require(n >= min_examples, f"{message}, got shape {tuple(x.shape)}" if isinstance(n, int) else message, x)
     x = tf.reshape(x, [num_examples(x), -1])
     x, = require(tf.reduce_all(tf.math.is_finite(x)), f"{caller}: {name} must be finite, found NaN or Inf", x)
     return x
 
 
 def feature_pair(x, y, unbiased, caller):
-    x, y = features(x, "x", caller), features(y, "y", caller)
+    """Validate two representations of the same ``n >= 2`` examples (``n >= 4`` unbiased): CKA of one example is
+    0 / 0."""
+    x, y = features(x, "x", caller, min_examples=2), features(y, "y", caller, min_examples=2)
     x, y = require_equal_examples(x, y, f"{caller}: x and y must hold the same examples (equal n)")
     if unbiased:
         x, y = require_unbiased_examples(x, f"{caller}: the unbiased HSIC estimator needs n >= 4 examples in x", x, y)
     return x, y
 
 
-def gram(k, name, caller):
-    """Validate a finite symmetric Gram matrix ``[n, n]``; return it as float64."""
+def gram(k, name, caller, min_examples=1):
+    """Validate a finite symmetric Gram matrix ``[n, n]`` with ``n >= min_examples``; return it as float64."""
     k = float_tensor(k, name, caller)
     shape = k.shape
     if shape.rank != 2 or (shape[0] is not None and shape[1] is not None and shape[0] != shape[1]) or 0 in shape:
         raise ValueError(f"{caller}: {name} must be a square Gram matrix [n, n], got shape {tuple(shape)}")
+    if shape[0] is not None and shape[0] < min_examples:
+        raise ValueError(f"{caller}: {name} must be a Gram matrix of at least {min_examples} examples, got shape "
+                         f"{tuple(shape)}")
     if not shape.is_fully_defined():
-        k, = require(tf.equal(tf.shape(k)[0], tf.shape(k)[1]) & (tf.size(k) > 0),
-                      f"{caller}: {name} must be a non-empty square Gram matrix [n, n]", k)
+        k, = require(tf.equal(tf.shape(k)[0], tf.shape(k)[1]) & (tf.shape(k)[0] >= min_examples),
+                      f"{caller}: {name} must be a square Gram matrix [n, n] with n >= {min_examples}", k)
     k = tf.cast(k, tf.float64)
     k, = require(tf.reduce_all(tf.math.is_finite(k)), f"{caller}: {name} must be finite, found NaN or Inf", k)
     k, = require(tf.reduce_max(tf.abs(k - tf.transpose(k))) <= 1e-6 * tf.reduce_max(tf.abs(k)),
@@ -91,7 +100,7 @@ def gram(k, name, caller):
 
 
 def gram_pair(k, l, unbiased, caller):  # noqa: E741
-    k, l = gram(k, "k", caller), gram(l, "l", caller)
+    k, l = gram(k, "k", caller, min_examples=2), gram(l, "l", caller, min_examples=2)
     k, l = require_equal_examples(k, l, f"{caller}: k and l must be Gram matrices of the same examples (equal n)")
     if unbiased:
         k, l = require_unbiased_examples(k, f"{caller}: the unbiased HSIC estimator needs n >= 4 examples in k", k, l)
@@ -137,16 +146,29 @@ def require_same_examples(xs, ys):
     return layers[:len(xs)], layers[len(xs):]
 
 
-def assert_finite_layers(self_hsic, tolerance, name):
-    """Check that no layer's HSIC terms are NaN / Inf; the message lists the offending layer indices.
+def assert_layer_terms(finite, in_range, name, input_dtypes, state_dtype):
+    """Check one minibatch's per-layer HSIC terms; the messages list the offending layer indices.
 
-    Raises ``ValueError`` when eager; in a graph returns an assertion op (``InvalidArgumentError`` when run).
+    ``finite`` ``[L]``: the layer's features hold no NaN / Inf. ``in_range`` ``[L]``: its HSIC terms, which scale
+    as ``|x|^4``, are normal numbers of the metric's ``state_dtype`` (it is not checked for non-finite layers).
+    ``input_dtypes``: the layers' dtype names. Raises ``ValueError`` when eager; in a graph returns an assertion op
+    (``InvalidArgumentError`` when run).
     """
-    finite = tf.math.is_finite(self_hsic) & tf.math.is_finite(tolerance)
-    message = (f"MinibatchCKA.update_state: {name} must be finite (no NaN or Inf, and small enough that the float32 "
-               f"Gram matrix does not overflow); non-finite values found in {name} at layer indices")
+    caller = "MinibatchCKA.update_state"
+    remedy = "rescale these layers" + (" or use dtype='float64'" if state_dtype != tf.float64 else "")
+    layer_dtypes = " and ".join(sorted(set(input_dtypes)))
+    checked = (
+        (finite, f"{caller}: {name} must be finite (no NaN or Inf); non-finite values found in {name} at layer "
+                 f"indices"),
+        (in_range | ~finite, f"{caller}: the HSIC terms of {name} overflow or underflow the metric's "
+                             f"{state_dtype.name} running sums (they scale as |x|^4: features too large or too small "
+                             f"in magnitude; {name} holds {layer_dtypes} features); {remedy}. Out of range at "
+                             f"layer indices"),
+    )
     if tf.executing_eagerly():
-        if not np.all(finite.numpy()):
-            raise ValueError(f"{message} {np.flatnonzero(~finite.numpy()).tolist()}")
+        for ok, message in checked:
+            if not np.all(ok.numpy()):
+                raise ValueError(f"{message} {np.flatnonzero(~ok.numpy()).tolist()}")
         return tf.no_op()
-    return tf.debugging.Assert(tf.reduce_all(finite), [message, tf.where(~finite)[:, 0]], summarize=100)
+    return tf.group([tf.debugging.Assert(tf.reduce_all(ok), [message, tf.where(~ok)[:, 0]], summarize=100)
+                     for ok, message in checked])

@@ -40,6 +40,14 @@ class MinibatchCKA(keras.metrics.Metric):
     A layer constant over the examples (e.g. a dead ReLU layer) gets a NaN row / column and ``result()`` (when run
     eagerly) warns with its index; all other entries are unaffected. ``degenerate_layers()`` lists them.
 
+    Scale. Each layer's features are divided by a power of two near their largest magnitude before its Gram matrix
+    (exact, so the HSIC terms at ordinary scales are unchanged to the last bit), and its HSIC terms are multiplied
+    back in float64: tiny or huge activations (float32 at 1e-20 or 1e19) neither underflow nor overflow, and
+    degeneracy is judged relative to each layer's own scale. The terms, which scale as ``|x|^4``, must still fit
+    ``dtype``: with the default float64 any float32 / float16 input does; float64 features beyond about
+    1e-70 .. 1e75 in magnitude (or float32 ones beyond the float32 range of ``|x|^4`` with ``dtype="float32"``)
+    raise an error naming the layers and the dtypes.
+
     State (sums over minibatches, in ``dtype``): ``cross_hsic`` ``[Lx, Ly]``, ``self_hsic_x`` ``[Lx]``,
     ``self_hsic_y`` ``[Ly]`` (two-model metrics only), ``degeneracy_tolerance_x`` / ``_y`` (the thresholds of
     ``reference.degeneracy_rtol``) and ``num_batches``. ``minibatch_terms(xs, ys)`` returns one minibatch's
@@ -109,7 +117,8 @@ class MinibatchCKA(keras.metrics.Metric):
         self_x = tf.where(degenerate_x, tf.constant(np.nan, self.dtype), self.self_hsic_x)
         self_y = self_x if self.within_model else tf.where(degenerate_y, tf.constant(np.nan, self.dtype),
                                                            self.self_hsic_y)
-        value = self.cross_hsic / tf.sqrt(self_x[:, None] * self_y[None, :])
+        # Square roots first: the product of two self-HSIC sums of tiny or huge layers would underflow / overflow.
+        value = self.cross_hsic / (tf.sqrt(self_x)[:, None] * tf.sqrt(self_y)[None, :])
         if tf.executing_eagerly():
             self._warn_degenerate(degenerate_x.numpy(), degenerate_y.numpy())
         return value
@@ -159,49 +168,80 @@ class MinibatchCKA(keras.metrics.Metric):
             ys = checks.layer_list(ys, "ys", self.num_layers_y, "num_layers_y")
         xs, ys = checks.require_same_examples(xs, ys)
         terms = self._batch_terms(xs, ys)
-        assertions = [checks.assert_finite_layers(terms[1], terms[2], "xs")]
+        state_dtype = tf.as_dtype(self.dtype)
+        assertions = [checks.assert_layer_terms(terms["finite_x"], terms["in_range_x"], "xs",
+                                                [x.dtype.name for x in xs], state_dtype)]
         if not self.within_model:
-            assertions.append(checks.assert_finite_layers(terms[3], terms[4], "ys"))
+            assertions.append(checks.assert_layer_terms(terms["finite_y"], terms["in_range_y"], "ys",
+                                                        [y.dtype.name for y in ys], state_dtype))
+        values = tuple(terms[key] for key in ("cross", "self_x", "tolerance_x", "self_y", "tolerance_y"))
         if tf.executing_eagerly():
-            return terms
+            return values
         with tf.control_dependencies(assertions):
-            return tuple(tf.identity(term) for term in terms)
+            return tuple(tf.identity(value) for value in values)
 
     def _compute_batch_terms(self, xs, ys):
-        """One minibatch's HSIC_1 terms: ``[Lx, Ly]`` cross, ``[Lx]`` self and tolerance, ``[Ly]`` likewise."""
-        accumulate_dtype = tf.as_dtype(self.dtype)
-        grams_x, tolerance_x = _u_centred_grams(xs, accumulate_dtype)
+        """One minibatch's HSIC_1 terms in ``dtype`` and per-layer checks, as a dict.
+
+        ``cross`` ``[Lx, Ly]``; ``self_x``, ``tolerance_x`` ``[Lx]`` (``_y``: ``[Ly]``, ``_x``'s within one model);
+        ``finite_x`` / ``in_range_x`` ``[Lx]`` bool: the layer held no NaN / Inf, and its terms are normal numbers
+        of ``dtype``. The Gram matrices are computed from features divided by a power of two near their largest
+        magnitude (exact, and safe from underflow / overflow: ``ops.normalised_by_power_of_two``); the HSIC terms
+        are brought back to the data's units in float64, as the running sums over minibatches need.
+        """
+        state_dtype = tf.as_dtype(self.dtype)
+        grams_x, tolerance_x, exponent_x = _u_centred_grams(xs, state_dtype)
         if self.within_model:
+            grams_y, tolerance_y, exponent_y = grams_x, tolerance_x, exponent_x
             cross = tf.matmul(grams_x, grams_x, transpose_b=True)
-            self_x = tf.linalg.diag_part(cross)
-            return cross, self_x, tolerance_x, self_x, tolerance_x
-        grams_y, tolerance_y = _u_centred_grams(ys, accumulate_dtype)
-        cross = tf.matmul(grams_x, grams_y, transpose_b=True)
-        self_x = tf.reduce_sum(tf.square(grams_x), axis=1)
-        self_y = tf.reduce_sum(tf.square(grams_y), axis=1)
-        return cross, self_x, tolerance_x, self_y, tolerance_y
+            self_x = self_y = tf.linalg.diag_part(cross)
+        else:
+            grams_y, tolerance_y, exponent_y = _u_centred_grams(ys, state_dtype)
+            cross = tf.matmul(grams_x, grams_y, transpose_b=True)
+            self_x = tf.reduce_sum(tf.square(grams_x), axis=1)
+            self_y = tf.reduce_sum(tf.square(grams_y), axis=1)
+        terms = {"cross": tf.cast(_in_data_units(cross, exponent_x[:, None], exponent_y[None, :]), state_dtype)}
+        info = np.finfo(state_dtype.as_numpy_dtype)
+        for side, self_hsic, tolerance, exponent in (("x", self_x, tolerance_x, exponent_x),
+                                                     ("y", self_y, tolerance_y, exponent_y)):
+            self_in_units, tolerance_in_units = (_in_data_units(t, exponent, exponent) for t in (self_hsic, tolerance))
+            terms[f"self_{side}"] = tf.cast(self_in_units, state_dtype)
+            terms[f"tolerance_{side}"] = tf.cast(tolerance_in_units, state_dtype)
+            terms[f"finite_{side}"] = tf.math.is_finite(self_hsic) & tf.math.is_finite(tolerance)
+            terms[f"in_range_{side}"] = ((self_in_units <= info.max) & (tolerance_in_units <= info.max)
+                                         & ((tolerance == 0) | (tolerance_in_units >= info.tiny)))
+        return terms
 
 
 def _u_centred_grams(layers, dtype):
-    """Layers ``[n, ...]`` -> (U-centred Grams ``[L, n*n]`` scaled by ``1/sqrt(n(n-3))``, tolerances ``[L]``).
+    """Layers ``[n, ...]`` -> (U-centred Grams ``[L, n*n]`` scaled by ``1/sqrt(n(n-3))``, tolerances ``[L]``,
+    float64 exponents ``[L]``), of each layer's features divided by ``2**exponent`` (see ``_in_data_units``).
 
     The scaling makes inner products of rows HSIC_1 values; a layer's tolerance is its degeneracy threshold
     ``rtol * ||K_c||_F^2 / (n (n-3))``, ``K_c`` the Gram matrix of its centred features.
     """
-    grams, rtols = [], []
+    grams, rtols, exponents = [], [], []
     for x in layers:
         x = tf.reshape(x, [checks.num_examples(x), -1])
         compute_dtype = ops.gram_dtype(x.dtype)
-        x = tf.cast(x, compute_dtype)
+        x, exponent = ops.normalised_by_power_of_two(tf.cast(x, compute_dtype))
         x = x - tf.reduce_mean(x, axis=0, keepdims=True)
         grams.append(tf.cast(_symmetric_gram(x), dtype))
         rtols.append(reference.degeneracy_rtol(compute_dtype.as_numpy_dtype))
+        exponents.append(exponent)
     grams = tf.stack(grams)
     n = tf.cast(tf.shape(grams)[-1], dtype)
     scale = tf.math.rsqrt(n * (n - 3.0))
     tolerances = tf.constant(rtols, dtype) * tf.reduce_sum(tf.square(grams), axis=[1, 2]) * scale**2
     centred = ops.centered(grams, unbiased=True) * scale
-    return tf.reshape(centred, [len(layers), -1]), tolerances
+    return tf.reshape(centred, [len(layers), -1]), tolerances, tf.stack(exponents)
+
+
+def _in_data_units(terms, exponent_a, exponent_b):
+    """float64 ``terms * 2**(2 exponent_a + 2 exponent_b)``: HSIC terms of features divided by ``2**exponent_a``
+    and ``2**exponent_b`` back in the features' units (each factor is finite, so a zero term stays zero)."""
+    factor = tf.pow(tf.constant(2.0, tf.float64), exponent_a) * tf.pow(tf.constant(2.0, tf.float64), exponent_b)
+    return tf.cast(terms, tf.float64) * factor * factor
 
 
 def _symmetric_gram(x):

@@ -10,6 +10,12 @@ matrix (centring, HSIC, CKA) is float64. ``linear_cka`` centres the features ove
 matrix (this leaves the centred Gram matrices unchanged), so a float32 Gram matrix loses no precision to large
 feature means. ``gram_linear`` returns the raw ``x x^T``: centring a float32 one afterwards
 (``cka(gram_linear(x), ...)``) is less precise. Input checks: ``vitcnn_tf.metrics.checks``.
+
+Extreme scales. CKA is scale-invariant, so ``linear_cka`` and ``linear_cka_features`` divide each representation
+by a power of two near its largest magnitude (``normalised_by_power_of_two``) before anything else: features of
+any finite magnitude (float32 at 1e-20 or 1e19, float64 at 1e200) neither underflow nor overflow in the Gram
+matrix, and degeneracy is judged at the data's own scale. Dividing by a power of two is exact, so results at
+ordinary scales are unchanged to the last bit.
 """
 
 import warnings
@@ -151,7 +157,7 @@ def _cka_op(k, l, unbiased, rtols):  # noqa: E741
 def _linear_cka_op(x, y, unbiased):
     grams, rtols = [], []
     for features in (x, y):
-        features = tf.cast(features, gram_dtype(features.dtype))
+        features, _ = normalised_by_power_of_two(tf.cast(features, gram_dtype(features.dtype)))
         features = features - tf.reduce_mean(features, axis=0, keepdims=True)
         grams.append(tf.cast(tf.matmul(features, features, transpose_b=True), tf.float64))
         rtols.append(reference.degeneracy_rtol(features.dtype.as_numpy_dtype))
@@ -160,7 +166,7 @@ def _linear_cka_op(x, y, unbiased):
 
 @tf.function(autograph=False, reduce_retracing=True)
 def _linear_cka_features_op(x, y, unbiased):
-    x, y = (tf.cast(f, tf.float64) for f in (x, y))
+    x, y = (normalised_by_power_of_two(tf.cast(f, tf.float64))[0] for f in (x, y))
     x, y = (f - tf.reduce_mean(f, axis=0, keepdims=True) for f in (x, y))
     n = tf.cast(tf.shape(x)[0], tf.float64)
 
@@ -203,6 +209,20 @@ def _warn_degenerate_pair(caller, degenerate):
         warnings.warn(f"{caller}: the {names} representation is constant over the examples (zero centred Gram "
                       f"matrix); CKA is undefined, returning NaN", RuntimeWarning,
                       stacklevel=4)  # this function, the public op, the precision guard, the caller
+
+
+def normalised_by_power_of_two(x):
+    """``x`` (float32 or float64) divided by ``2**e``, ``e`` about ``log2(max |x|)`` -> (``x / 2**e``, float64 ``e``).
+
+    The division is exact (``x == result * 2**e``) and brings the largest magnitude near 1 (``e = 0`` for a zero
+    ``x``, and for NaN / Inf, which are left to the finiteness checks). ``e`` is clipped so that ``2**e`` and
+    ``2**-e`` are normal numbers of the dtype: subnormals, flushed to zero by TensorFlow on CPUs, never arise.
+    """
+    info = np.finfo(x.dtype.as_numpy_dtype)
+    largest = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+    exponent = tf.where(tf.math.is_finite(largest) & (largest > 0), tf.floor(tf.math.log(largest) / np.log(2.0)), 0.0)
+    exponent = tf.clip_by_value(exponent, float(info.minexp), float(-info.minexp))
+    return x * tf.cast(tf.pow(tf.constant(2.0, tf.float64), -exponent), x.dtype), exponent
 
 
 def centered(k, unbiased):

@@ -207,10 +207,13 @@ def _features(x, name, caller):
 
 
 def _feature_pair(x, y, unbiased, caller):
+    shape_x = tuple(np.shape(x))
     x, y = _features(x, "x", caller), _features(y, "y", caller)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{caller}: x and y must hold the same examples, got n={x.shape[0]} in x and "
                          f"n={y.shape[0]} in y")
+    if x.shape[0] < 2:  # CKA of one example is 0 / 0
+        raise ValueError(f"{caller}: x needs at least 2 examples, got shape {shape_x}")
     _check_enough_examples(x.shape[0], unbiased, "x", caller)
     return x, y
 
@@ -231,6 +234,8 @@ def _gram_pair(k, l, unbiased, caller):  # noqa: E741
     if k.shape != l.shape:
         raise ValueError(f"{caller}: k and l must be Gram matrices of the same examples, got shapes {k.shape} "
                          f"and {l.shape}")
+    if k.shape[0] < 2:
+        raise ValueError(f"{caller}: k must be a Gram matrix of at least 2 examples, got shape {k.shape}")
     _check_enough_examples(k.shape[0], unbiased, "k", caller)
     return k, l
 
@@ -314,6 +319,9 @@ def _cka_of_grams(k, l, unbiased, dtypes, caller):  # noqa: E741
 
 
 def _ratio(cross, self_x, self_y, degenerate, caller, stacklevel):
+    if not np.all(np.isfinite([cross, self_x, self_y])):
+        raise ValueError(f"{caller}: the HSIC terms overflow float64 (the features or Gram entries are too large in "
+                         f"magnitude); rescale the inputs, CKA is scale-invariant")
     if any(degenerate):
         names = " and ".join(name for name, flag in zip(("first", "second"), degenerate) if flag)
         warnings.warn(f"{caller}: the {names} representation is constant over the examples (zero centred Gram "
@@ -332,3 +340,122 @@ def _warn_degenerate(caller, degenerate_x, degenerate_y, within):
         warnings.warn(f"{caller}: {' and '.join(parts)} are constant over the examples (zero centred Gram "
                       f"matrix, e.g. a dead ReLU layer); their rows/columns of the CKA matrix are NaN",
                       RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beyond CKA: orthogonal Procrustes, mutual nearest neighbours, a permutation null
+
+
+def procrustes_similarity(x, y):
+    """Orthogonal Procrustes similarity of ``x`` ``[n, ...]`` and ``y`` ``[n, ...]`` -> float in [0, 1].
+
+    Both are centred over the examples and scaled to unit Frobenius norm; the value is the nuclear norm
+    ``||X^T Y||_*`` (the sum of its singular values), i.e. ``max_Q <X Q, Y>`` over orthogonal ``Q``, so that
+    ``1 - value`` is half the squared Procrustes distance ``min_Q ||X Q - Y||_F^2``. It is 1 iff ``y`` is an
+    orthogonal transform of ``x`` up to scale. When ``d > n`` for either side it is computed through the Gram
+    matrices: ``||X^T Y||_* = ||F_x^T F_y||_*`` for any factors ``F F^T = X X^T`` (from an eigendecomposition).
+    A representation constant over the examples (``||X_c||_F <= 100 eps ||X||_F``) gives NaN with a warning.
+    """
+    x, y = _feature_pair(x, y, False, "procrustes_similarity")
+    if x.shape[0] < 2:
+        raise ValueError(f"procrustes_similarity: x needs at least 2 examples, got shape {x.shape}")
+    factors = []
+    for name, features in (("first", x), ("second", y)):
+        centred = _center_features(features)
+        norm = np.linalg.norm(centred)
+        if norm**2 <= degeneracy_rtol(np.float64) * np.sum(features**2):
+            warnings.warn(f"procrustes_similarity: the {name} representation is constant over the examples; the "
+                          "Procrustes similarity is undefined, returning NaN", RuntimeWarning, stacklevel=2)
+            return float("nan")
+        factors.append(_gram_factor(centred / norm))
+    return float(np.sum(np.linalg.svd(factors[0].T @ factors[1], compute_uv=False)))
+
+
+def _gram_factor(x):
+    """``x`` ``[n, d]`` itself when ``d <= n``, else ``F`` ``[n, n]`` with ``F F^T = x x^T`` (eigendecomposition;
+    eigenvalues below ``n eps max`` count as zero)."""
+    if x.shape[1] <= x.shape[0]:
+        return x
+    eigenvalues, eigenvectors = np.linalg.eigh(x @ x.T)
+    # Eigenvalues within rounding of zero (centring leaves at least one) would add sqrt(rounding) each.
+    floor = x.shape[0] * np.finfo(np.float64).eps * eigenvalues[-1]
+    return eigenvectors * np.sqrt(np.where(eigenvalues > floor, eigenvalues, 0.0))
+
+
+def mutual_knn(x, y, k=10):
+    """Mutual k-nearest-neighbour alignment of ``x`` ``[n, ...]`` and ``y`` ``[n, ...]`` -> float in [0, 1].
+
+    Each example's features are L2-normalised; ``N_x(i)`` are the ``k`` examples with the largest cosine
+    similarity to example ``i`` in ``x``, ``i`` itself excluded (ties go to the lower index). The value is the
+    mean over examples of ``|N_x(i) ∩ N_y(i)| / k`` (Huh et al. 2024). Needs ``1 <= k <= n - 1``. An example whose
+    features are all zero has no cosine similarity: the value is NaN with a warning.
+    """
+    x, y = _feature_pair(x, y, False, "mutual_knn")
+    _check_num_neighbours(k, x.shape[0], "mutual_knn")
+    sets = []
+    for name, features in (("x", x), ("y", y)):
+        norms = np.linalg.norm(features, axis=1)
+        if np.any(norms == 0):
+            warnings.warn(f"mutual_knn: examples {np.flatnonzero(norms == 0).tolist()} of {name} are all zero; "
+                          "their cosine similarity is undefined, returning NaN", RuntimeWarning, stacklevel=2)
+            return float("nan")
+        sets.append(_nearest_neighbours(features / norms[:, None], k))
+    overlaps = [len(set(a) & set(b)) for a, b in zip(*sets)]
+    return float(np.mean(overlaps) / k)
+
+
+def _check_num_neighbours(k, n, caller):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
+        raise ValueError(f"{caller}: k must be an integer in [1, n - 1] = [1, {n - 1}] for n={n} examples, got {k!r}")
+
+
+def _nearest_neighbours(unit_rows, k):
+    """``[n, k]`` indices of each row's ``k`` most cosine-similar other rows (ties: lower index first)."""
+    similarity = unit_rows @ unit_rows.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def permutations(num_examples, num_permutations=100, seed=0):
+    """``[num_permutations, num_examples]`` random permutations of the examples (``numpy.random.default_rng(seed)``,
+    one ``permutation`` call each): the shuffled pairings of ``permutation_null``."""
+    for name, value, low in (("num_examples", num_examples, 2), ("num_permutations", num_permutations, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"permutation_null: {name} must be an integer >= {low}, got {value!r}")
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(num_examples) for _ in range(num_permutations)])
+
+
+def null_summary(value, null):
+    """``{"value", "null_mean", "null_std", "null_q95", "p_value", "num_permutations"}`` of an observed ``value``
+    and its ``[P]`` null values: ``null_q95`` their 95th percentile (linear interpolation),
+    ``p_value = (1 + #{null >= value}) / (1 + P)``."""
+    null = np.asarray(null, dtype=np.float64)
+    if null.ndim != 1 or null.size == 0:
+        raise ValueError(f"null_summary: null must be a non-empty 1-D array of null values, got shape {null.shape}")
+    if not np.isfinite(value) or not np.all(np.isfinite(null)):
+        raise ValueError("null_summary: the measure returned a non-finite value (NaN or Inf); a constant "
+                         "representation has no defined similarity")
+    return {"value": float(value), "null_mean": float(null.mean()), "null_std": float(null.std()),
+            "null_q95": float(np.quantile(null, 0.95)), "p_value": float((1 + np.sum(null >= value)) / (1 + len(null))),
+            "num_permutations": int(len(null))}
+
+
+def permutation_null(measure, x, y, num_permutations=100, seed=0):
+    """Permutation null of a similarity ``measure(x, y) -> float`` between ``x`` ``[n, ...]`` and ``y`` ``[n, ...]``.
+
+    The null values are ``measure(x, y[pi])`` for ``num_permutations`` random permutations ``pi`` of the examples
+    (``permutations``), which break the pairing of the examples. Returns ``null_summary``'s dict: ``value`` (the
+    observed ``measure(x, y)``), ``null_mean``, ``null_std``, ``null_q95`` and ``p_value`` with the +1 correction,
+    plus ``null`` (the ``[P]`` null values).
+    """
+    if not callable(measure):
+        raise ValueError(f"permutation_null: measure must be a callable measure(x, y) -> float, got "
+                         f"{type(measure).__name__}")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"permutation_null: x and y must be arrays [n, ...] of the same n examples, got shapes "
+                         f"{x.shape} and {y.shape}")
+    orders = permutations(x.shape[0], num_permutations, seed)
+    null = np.array([float(measure(x, y[order])) for order in orders])
+    return {**null_summary(float(measure(x, y)), null), "null": null}

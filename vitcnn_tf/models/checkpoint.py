@@ -9,6 +9,7 @@ adapts an array first (ViT resamples position embeddings).
 import dataclasses
 import os
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -22,10 +23,11 @@ def load_npz(model, path):
     """Loads the ``.npz`` checkpoint at ``path`` into ``model`` (all variables, or none on error).
 
     Raises ``ValueError`` naming the file, the model and the keys (with both shapes) of missing, unexpected or
-    mis-shaped arrays, at most ``MAX_LISTED_KEYS`` of each kind (then how many more), and the file for a pickled
-    (object) array. Head arrays (``model.checkpoint_head_keys``) whose shape differs, i.e. another class count,
-    are skipped with a warning, keeping the model's fresh head. Arrays are cast to the variable dtype. Returns
-    ``model``.
+    mis-shaped arrays, at most ``MAX_LISTED_KEYS`` of each kind (then how many more), and naming the file (and
+    key) with what is wrong for a file that is not a NumPy archive, a truncated one, a corrupt ``.npy`` header or
+    a pickled (object) array (``_read_npz``). Head arrays (``model.checkpoint_head_keys``) whose shape differs,
+    i.e. another class count, are skipped with a warning, keeping the model's fresh head. Arrays are cast to the
+    variable dtype. Returns ``model``.
     """
     path = os.fspath(path)
     variables = model.checkpoint_variables()
@@ -80,24 +82,64 @@ def save_npz(model, path):
 
 
 def _read_npz(path):
-    """{key -> array} of an ``.npz`` file, read with ``allow_pickle=False``."""
+    """{key -> array} of an ``.npz`` file, read with ``allow_pickle=False``.
+
+    Raises ``ValueError`` naming the file (and the key) and what is wrong: not a NumPy ``.npz`` archive (another
+    kind of file, a single ``.npy`` array or pickled data), a truncated or damaged archive, a member that is not a
+    ``.npy`` array, a corrupt ``.npy`` header, a pickled (object) array, or truncated array data.
+    """
+    with open(path, "rb") as file:
+        start = file.read(len(np.lib.format.MAGIC_PREFIX))
+    if not start.startswith(_ZIP_PREFIXES):
+        raise ValueError(f"load_npz: {path} is not a NumPy .npz archive: {_describe_non_zip(start)}")
     try:
         archive = np.load(path, allow_pickle=False)
-    except ValueError as error:  # a pickle file, or a single pickled .npy array
-        raise ValueError(f"load_npz: {path} holds pickled data, which is refused for safety ({error})") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"load_npz: {path} is a single .npy array, not an .npz archive of named arrays")
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise ValueError(f"load_npz: {path} is a truncated or damaged .npz (zip) archive: {error}") from error
     arrays = {}
     with archive:
         for key in archive.files:
             try:
-                arrays[key] = archive[key]
-            except ValueError as error:
-                raise ValueError(
-                    f"load_npz: {path}: array {key!r} is a pickled (object) array, which is refused for safety; "
-                    "checkpoints must hold plain numeric arrays"
-                ) from error
+                array = archive[key]
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+                problem = _diagnose_member(archive, key)
+                raise ValueError(f"load_npz: {path}: array {key!r} {problem} ({error})") from error
+            if not isinstance(array, np.ndarray):
+                raise ValueError(f"load_npz: {path}: member {key!r} is not a .npy array, so the file is not a NumPy "
+                                 f".npz archive of named arrays")
+            arrays[key] = array
     return arrays
+
+
+# Local file header and end of central directory (an empty archive): how np.load recognises a zip file.
+_ZIP_PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _describe_non_zip(start):
+    """What a file starting with the bytes ``start`` is, for an error message."""
+    if start.startswith(np.lib.format.MAGIC_PREFIX):
+        return "it is a single .npy array, not an .npz archive of named arrays"
+    if start.startswith(b"\x80"):
+        return "it holds pickled data, which is refused for safety"
+    if not start:
+        return "the file is empty"
+    return f"it starts with {start!r} instead of a zip header (b'PK\\x03\\x04')"
+
+
+def _diagnose_member(archive, key):
+    """Why reading array ``key`` of the open ``NpzFile`` ``archive`` failed: its ``.npy`` header, read again."""
+    name = key + ".npy" if key + ".npy" in archive.zip.namelist() else key
+    try:
+        with archive.zip.open(name) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(member)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return "has a corrupt .npy header"
+    if dtype.hasobject:
+        return "is a pickled (object) array, which is refused for safety; checkpoints must hold plain numeric arrays"
+    return "has truncated or damaged data"
 
 
 def _describe_keys(what, keys, shapes_of):

@@ -1,15 +1,16 @@
 """One registry of every model family and preset: ``get_model(preset, checkpoint=None, **overrides)``.
 
 A family is a config dataclass, a model class and a preset table. ``get_model("ViT-B/16", "ViT-B_16.npz",
-representation_size=768, num_classes=21843)`` builds the model from ``ViTConfig.from_name`` and loads the file;
-``model_family(model)`` names the family of a built model.
+representation_size=768, num_classes=21843)`` builds the model from ``ViTConfig.from_name`` and loads the file (a
+release ``.npz`` or a timm ``.safetensors``, by its suffix); ``model_family(model)`` names the family of a built
+model.
 """
 
 import dataclasses
 import os
 
 from vitcnn_tf.models import checkpoint as checkpoint_lib
-from vitcnn_tf.models import mixer, resnet_v2, vit
+from vitcnn_tf.models import mixer, resnet_v2, timm, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +28,9 @@ FAMILIES = (
     Family("resnet", resnet_v2.ResNetV2Config, resnet_v2.ResNetV2, resnet_v2.RESNET_V2_PRESETS),
     Family("mixer", mixer.MixerConfig, mixer.Mixer, mixer.MIXER_PRESETS),
 )
-# file suffix -> loader(model, path) of the checkpoint formats; a timm ``.safetensors`` reader plugs in here.
-CHECKPOINT_LOADERS = {".npz": checkpoint_lib.load_npz}
-CHECKPOINT_SUFFIXES = (".npz", ".safetensors")
+# file suffix -> loader(model, path) of the checkpoint formats.
+CHECKPOINT_LOADERS = {".npz": checkpoint_lib.load_npz, ".safetensors": timm.load_timm}
+CHECKPOINT_SUFFIXES = tuple(CHECKPOINT_LOADERS)
 
 
 def preset_names():
@@ -52,21 +53,17 @@ def model_config(preset, **overrides):
 
 def get_model(preset, checkpoint=None, **overrides):
     """``keras.Model`` of ``preset`` (``"ViT-B/16"``, ``"BiT-R50x1"``, ``"Mixer-B/16"``, ``"ViT-CPU/4"``, ...) with
-    config ``overrides``; with ``checkpoint`` (a release ``.npz`` file) its weights are loaded.
-
-    A ``.safetensors`` checkpoint (timm format) raises ``NotImplementedError`` naming the file until a reader is
-    registered in ``CHECKPOINT_LOADERS``; any other suffix raises ``ValueError``.
+    config ``overrides``; with ``checkpoint`` its weights are loaded: a release ``.npz`` file (``load_npz``) or a
+    timm ``.safetensors`` file (``load_timm``; ``get_model("ViT-B/16", "vit_base_patch16_gap_224.safetensors",
+    classifier="gap", num_heads=16)``). Any other suffix raises ``ValueError``.
     """
     family = family_of_preset(preset)
     loader = None
     if checkpoint is not None:
         path = os.fspath(checkpoint)
         suffix = os.path.splitext(path)[1]
-        if suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError(f"checkpoint={path!r}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}")
         if suffix not in CHECKPOINT_LOADERS:
-            raise NotImplementedError(f"checkpoint={path!r}: no reader for {suffix} checkpoints yet; convert it to "
-                                      f"a release {' or '.join(CHECKPOINT_LOADERS)} file")
+            raise ValueError(f"checkpoint={path!r}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}")
         loader = CHECKPOINT_LOADERS[suffix]
     model = family.model_class(family.config_class.from_name(preset, **overrides))
     if loader is not None:

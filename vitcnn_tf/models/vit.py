@@ -87,11 +87,9 @@ class ViTConfig:
         if self.classifier not in self.CLASSIFIERS:
             raise ValueError(f"ViTConfig: classifier must be one of {self.CLASSIFIERS}, got {self.classifier!r}")
         for field in ("dropout_rate", "attention_dropout_rate"):
-            rate = getattr(self, field)
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"ViTConfig: {field} must be in [0, 1), got {rate!r}")
-        object.__setattr__(self, "skip_blocks_removed",
-                           _block_indices(self.skip_blocks_removed, self.num_layers))
+            config_lib.require_rate("ViTConfig", field, getattr(self, field))
+        object.__setattr__(self, "skip_blocks_removed", config_lib.index_tuple(
+            "ViTConfig", "skip_blocks_removed", self.skip_blocks_removed, self.num_layers, "block", "num_layers"))
 
     @classmethod
     def from_name(cls, name, **overrides):
@@ -244,20 +242,6 @@ def _encoder_block(x, config, block, taps):
     x = vit_layers.residual(x, y, f"{name}_mlp", keep_skip)
     taps[f"{name}/+mlp"] = x
     return x
-
-
-def _block_indices(indices, num_layers):
-    """Validated, sorted, de-duplicated block indices in ``[0, num_layers)``."""
-    if isinstance(indices, (int, np.integer)):
-        raise TypeError(f"ViTConfig: skip_blocks_removed must be a sequence of block indices, got {indices!r}; "
-                        f"write ({indices},)")
-    indices = tuple(indices)
-    bad = [i for i in indices
-           if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < num_layers]
-    if bad:
-        raise ValueError(f"ViTConfig: skip_blocks_removed has invalid block indices {bad}; "
-                         f"blocks are numbered 0..{num_layers - 1} (num_layers={num_layers})")
-    return tuple(sorted({int(i) for i in indices}))
 
 
 def _linear_resize(x, size, axis):

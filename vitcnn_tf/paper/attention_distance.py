@@ -10,6 +10,10 @@ Models of different depths and head counts (ViT-B/16 with ViT-L/16) are measured
 figures then place every model's blocks on a normalised depth (0 = first block, 1 = last) and the comparisons
 between a little-data ViT and its twin use each model's own lowest blocks (``common.extreme_blocks``).
 
+Attention entropy (ours, the usual companion of the distance): each head's mean entropy (nats) of its attention
+over the patch keys (``analysis.attention.AttentionEntropy``), from the same maps in the same pass, with 95%
+intervals over the examples; a head attending uniformly to all ``P`` patches has entropy ``log P``.
+
 Memory: one minibatch's attention maps of every block at once, ``b * L * H * T^2`` float32: 2.4 GB for ViT-L/16 at
 224 px (T = 197, 24 blocks, 16 heads) and minibatch 32; use minibatches of 32 for the paper's models.
 
@@ -36,23 +40,37 @@ ATTENTION_TAPS = r"block\d+/attn"
 def attention_distances(model, data, progress=False):
     """``[N, L, H]`` mean attention distance (pixels) of every head of every block of a ViT ``model`` for each
     example of ``data`` (batches ``(images, labels)``)."""
+    return attention_statistics(model, data, progress)[0]
+
+
+def attention_statistics(model, data, progress=False):
+    """``([N, L, H] mean attention distance in pixels, [N, L, H] mean attention entropy in nats)`` of every head of
+    every block of a ViT ``model`` for each example of ``data`` (batches ``(images, labels)``), in one pass."""
     names = representations.select_layers(model, ATTENTION_TAPS)
     config = model.config
-    accumulators = [attention.MeanAttentionDistance(config.patch_size, config.num_prefix_tokens) for _ in names]
+    distances = [attention.MeanAttentionDistance(config.patch_size, config.num_prefix_tokens) for _ in names]
+    entropies = [attention.AttentionEntropy(config.num_prefix_tokens) for _ in names]
     cardinality = int(data.cardinality()) if hasattr(data, "cardinality") else -1
     bar = evaluation.progress_bar(cardinality if cardinality >= 0 else None, progress)
     for step, batch in enumerate(data, start=1):
         maps = representations.extract(model, element_images(batch, "data"), names)
-        for accumulator, name in zip(accumulators, names):
-            accumulator.update(maps[name])
+        for distance, entropy, name in zip(distances, entropies, names):
+            distance.update(maps[name])
+            entropy.update(maps[name])
         if bar is not None:
             bar.update(step)
-    return np.stack([accumulator.per_example() for accumulator in accumulators], axis=1)
+    return tuple(np.stack([accumulator.per_example() for accumulator in accumulators], axis=1)
+                 for accumulators in (distances, entropies))
 
 
 def block_spreads(head_distances):
     """``[..., L, H]`` head distances -> ``[..., L]`` spread ``max - min`` over the heads."""
     return head_distances.max(axis=-1) - head_distances.min(axis=-1)
+
+
+def uniform_attention_entropy(model):
+    """Entropy (nats) of a head attending uniformly to all patches of ViT ``model``: ``log P``."""
+    return float(np.log(model.config.grid_size ** 2))
 
 
 def uniform_attention_distance(model):
@@ -73,6 +91,17 @@ def distance_intervals(per_example, num_resamples=1000, seed=0):
             lambda d: block_spreads(d.mean(axis=1)), distances, **interval)
         per_model[label] = dict(mean=means, low=low, high=high, spread=spread, spread_low=spread_low,
                                 spread_high=spread_high)
+    return per_model
+
+
+def entropy_intervals(per_example, num_resamples=1000, seed=0):
+    """Per model: ``entropy [L, H]`` mean head entropies with ``entropy_low`` / ``entropy_high`` (bootstrap over
+    the examples of ``per_example {label: [N, L, H]}``)."""
+    interval = dict(num_resamples=num_resamples, seed=seed, vectorized=True)
+    per_model = {}
+    for label, entropies in per_example.items():
+        mean, low, high = bootstrap.bootstrap_interval(lambda e: e.mean(axis=1), entropies, **interval)
+        per_model[label] = dict(entropy=mean, entropy_low=low, entropy_high=high)
     return per_model
 
 
@@ -161,15 +190,16 @@ def run(models, data, *, little_data_models=None, num_resamples=1000, seed=0, pr
     for label, model in all_models.items():
         common.require_family(model, label, "models / little_data_models", "vit",
                               reason="attention distances need self-attention heads")
-    per_example = {}
+    per_example, entropy_per_example = {}, {}
     for label, model in all_models.items():
         if progress:
             print(f"attention distances of {label!r}", flush=True)
-        per_example[label] = attention_distances(model, data, progress)
+        per_example[label], entropy_per_example[label] = attention_statistics(model, data, progress)
     counts = {distances.shape[0] for distances in per_example.values()}
     if len(counts) != 1:
         raise ValueError(f"data: the passes over the models gave different example counts {sorted(counts)}")
     per_model = distance_intervals(per_example, num_resamples, seed)
+    entropies = entropy_intervals(entropy_per_example, num_resamples, seed)
     references = {label: uniform_attention_distance(model) for label, model in all_models.items()}
     first = next(iter(models))
     found = [spread_finding(first, per_example[first], references[first], num_resamples, seed)]
@@ -180,8 +210,10 @@ def run(models, data, *, little_data_models=None, num_resamples=1000, seed=0, pr
                                        num_resamples, seed))
     arrays = {"attention_distances": {
         name: value for label, distances in per_example.items()
-        for name, value in ((f"{label}.per_example", distances), (f"{label}.mean", per_model[label]["mean"]))}}
-    tables = {"attention_distances": {label: dict(values) for label, values in per_model.items()}}
+        for name, value in ((f"{label}.per_example", distances), (f"{label}.mean", per_model[label]["mean"]),
+                            (f"{label}.entropy_per_example", entropy_per_example[label]),
+                            (f"{label}.entropy", entropies[label]["entropy"]))}}
+    tables = {"attention_distances": {label: {**values, **entropies[label]} for label, values in per_model.items()}}
     summary = {
         "full_data_models": list(models), "little_data_models": dict(twins),
         "num_examples": counts.pop(),
@@ -204,6 +236,9 @@ def run(models, data, *, little_data_models=None, num_resamples=1000, seed=0, pr
                                          FIGURE4_CAPTION, FIGURE4_LOOK_FOR))
     figures += [_heads_figure(label, per_model[label], references[label]) for label in all_models]
     figures.append(_spread_figure(per_model))
+    uniform_entropies = {label: uniform_attention_entropy(model) for label, model in all_models.items()}
+    summary["uniform_attention_entropy"] = uniform_entropies[first]
+    figures.append(_entropy_figure(entropies, uniform_entropies[first]))
     return SectionResult(experiment="attention_distance", arrays=arrays, tables=tables, findings=found,
                          summary=summary, figures=figures)
 
@@ -280,3 +315,28 @@ def _spread_figure(per_model):
         caption="Spread (max - min) of the heads' mean attention distances per block, with 95% bands, every model.",
         look_for="A large spread in the lower blocks that shrinks with depth (ours: the statistic of the finding "
                  "lower_layers_mix_local_and_global_heads).", draw=draw)
+
+
+def _entropy_figure(entropies, reference):
+    positions, xlabel, ticks, ticklabels = _depth_axis({label: {"mean": values["entropy"]}
+                                                        for label, values in entropies.items()})
+
+    def draw():
+        series = {}
+        width = 0.3 if xlabel == "block" else 0.3 / max(len(p) for p in positions.values())
+        for offset, (label, values) in zip(np.linspace(-width / 2, width / 2, len(entropies)), entropies.items()):
+            num_heads = values["entropy"].shape[1]
+            series[label] = (np.repeat(positions[label], num_heads) + offset, values["entropy"].ravel(),
+                             values["entropy_low"].ravel(), values["entropy_high"].ravel())
+        return plotting.line_plot(series, style="points", title="Mean attention entropy of every head",
+                                  xlabel=xlabel, ylabel="attention entropy over the patches (nats)",
+                                  hlines={"uniform attention (log P)": reference}, ylim=(0, None), xticks=ticks,
+                                  xticklabels=ticklabels)
+
+    return FigureSpec(
+        file="attention_entropy.png", paper_figure="",
+        caption="Mean entropy (nats) of every head's attention over the patch keys, per block, every model (mean "
+                "over examples with a 95% interval; ours, the companion of Figures 3 and 4); the dashed line is a "
+                "head attending uniformly to all patches.",
+        look_for="Local heads (small distance) have low entropy; the higher blocks' heads sit near the uniform "
+                 "line, as their distances sit near the uniform-attention distance.", draw=draw)

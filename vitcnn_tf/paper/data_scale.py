@@ -21,6 +21,11 @@ Finding (95% percentile bootstrap over minibatches):
   less_data_hurts_higher_layers_more  for the ViT trained on the smallest fraction: mean CKA to the reference
       over the lowest third of the blocks minus over the highest third (at least one block each), > 0
       (the same number for the other architectures is in the detail)
+
+The finding also reports (``measure_checks``, on ``check_examples`` evenly spaced images, default 256) the same
+statistic under orthogonal Procrustes similarity, and the permutation null (``null_permutations`` shuffles,
+default 100) of the CKA it compares: the mean same-block CKA over the lowest blocks, the reference model's
+examples shuffled.
 """
 
 import numpy as np
@@ -29,7 +34,7 @@ from vitcnn_tf import plotting, representations
 from vitcnn_tf.analysis import bootstrap, probes
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.models import model_family
-from vitcnn_tf.paper import common, evaluation, linear_probes
+from vitcnn_tf.paper import common, evaluation, linear_probes, measure_checks
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 ARCHITECTURE_NAMES = {"vit": "ViT", "resnet": "ResNet", "mixer": "Mixer"}
@@ -99,6 +104,29 @@ def block_cka(groups, models, images, batch_size, *, resamples, seed, progress=F
     return results
 
 
+def data_scale_checks(small, reference, images, batch_size, *, num_permutations, seed):
+    """``{"second_measure", "null"}`` of ``less_data_hurts_higher_layers_more`` for the models ``small`` and
+    ``reference`` on the checked ``images [m, ...]`` (whole minibatches of ``batch_size``)."""
+    blocks = common.block_output_layers(reference)
+    factors = [measure_checks.tap_factors(model, images, common.block_output_layers(model), batch_size)
+               for model in (small, reference)]
+    small_factors, reference_factors = ([found[name] for name in found] for found in factors)
+    same_block = [measure_checks.procrustes_pairs([a], [b])[0, 0] for a, b in zip(small_factors, reference_factors)]
+    low, high = low_high_blocks(len(blocks))
+    small_grams = measure_checks.grams([small_factors[i] for i in low])
+    reference_grams = measure_checks.grams([reference_factors[i] for i in low])
+
+    def low_block_cka(order):
+        return float(np.mean(np.diagonal(measure_checks.minibatch_cka(small_grams, reference_grams, batch_size,
+                                                                      order))))
+
+    return {"second_measure": measure_checks.second_measure(low_minus_high(np.diag(same_block), low, high),
+                                                            len(images)),
+            "null": measure_checks.null_check(
+                low_block_cka, len(images), "mean same-block CKA over the lowest blocks (the reference model's "
+                "examples shuffled)", measure_checks.minibatch_estimator(batch_size), num_permutations, seed)}
+
+
 def block_ticks(blocks):
     """``(positions, labels)`` of at most ``MAX_BLOCK_TICKS`` evenly spaced ticks over ``blocks`` (tap names),
     labelled ``b3`` (ViT / Mixer block 3) or ``b2u01`` (ResNet stage 2, unit 1)."""
@@ -112,7 +140,8 @@ def block_ticks(blocks):
 def run(models, fractions, *, data, probe_train_data, num_classes, data_names=None, known_accuracies=None,
         shots=10, probe_seeds=tuple(range(10)), token_grid=4, l2_reg=probes.DEFAULT_L2_REG,
         max_feature_bytes=linear_probes.DEFAULT_MAX_FEATURE_BYTES, bootstrap_resamples=1000, seed=0, progress=False,
-        strategy=None, context=None):
+        strategy=None, context=None, check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+        null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """Section 8 (see the module docstring for the roles, statistics and finding).
 
     Args:
@@ -133,6 +162,7 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
       progress: show progress bars.
       strategy: optional ``tf.distribute.Strategy`` for the CKA accumulation.
       context: optional JSON-able dict recorded in the finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
+      check_examples, null_permutations: the finding's checks (module docstring).
 
     Returns a :class:`SectionResult` with array groups ``data_scale_cka`` and ``data_scale_probes``, Figures 12
     (one per architecture with a small-data model) and 13 (one per architecture) and the finding.
@@ -226,6 +256,9 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
                                 ["low_minus_high"]}
                  for architecture, group in groups.items() if architecture != "vit" and group["reduced"]}
         low, high = low_high_blocks(len(cka["vit"]["blocks"]))
+        checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
+        checks = data_scale_checks(models[smallest], models[groups["vit"]["reference"]], checked, batch_size,
+                                   num_permutations=null_permutations, seed=seed)
         findings.append(Finding(
             key="less_data_hurts_higher_layers_more", section="8",
             claim="With less training data, lower-layer representations stay similar to those learned with all the "
@@ -238,7 +271,8 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
             detail=evaluation.finding_detail(context, len(images), batch_size, seed,
                                              models=[smallest, groups["vit"]["reference"]],
                                              resamples=bootstrap_resamples, other_architectures=other,
-                                             interval="percentile bootstrap over minibatches")))
+                                             interval="percentile bootstrap over minibatches"),
+            **checks))
     else:
         skipped.append({"paper_figure": "12", "part": "less_data_hurts_higher_layers_more",
                         "reason": "no small-data ViT given"})

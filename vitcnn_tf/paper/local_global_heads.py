@@ -14,6 +14,11 @@ Finding ``local_heads_most_resnet_like``: correlation over the subsets between m
 lower ResNet layers, pooled within window sizes (both centred within each size, so that subsets are compared only
 with subsets of as many heads); claim < 0. The interval bootstraps the CKA minibatches (head order and distances
 held fixed). The plain correlation is in its detail.
+
+Checks beyond CKA (``measure_checks``), on ``check_examples`` evenly spaced examples (default 256, whole
+minibatches): the same within-size correlation with orthogonal Procrustes similarity in place of CKA, and the
+permutation null (``null_permutations`` shuffles, default 100) of the CKA it compares: the max CKA over the lower
+ResNet layers of the first subset (the most local window of the smallest size), the ResNet's examples shuffled.
 """
 
 import keras
@@ -22,7 +27,7 @@ import numpy as np
 from vitcnn_tf import findings, plotting, representations
 from vitcnn_tf.analysis import attention, bootstrap
 from vitcnn_tf.data.elements import element_images
-from vitcnn_tf.paper import common, evaluation
+from vitcnn_tf.paper import common, evaluation, measure_checks
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 RESNET_EXCLUDE = {"logits"}
@@ -91,15 +96,40 @@ def subset_tap_model(vit_model, heads_tap, subsets, resnet_model, resnet_names, 
     return representations.model_with_taps(joint.inputs, taps, name="head_subsets"), subset_names, joint_resnet_names
 
 
-def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0, strategy=None, progress=False):
+def head_subset_checks(model, subset_names, resnet_names, subset_distance, sizes, images, batch_size, *,
+                       compared, num_permutations, seed):
+    """``{"second_measure", "null"}`` of ``local_heads_most_resnet_like`` on ``images [m, ...]`` (whole minibatches
+    of ``batch_size``) through the joint ``model``: the within-size correlation of ``subset_distance [S]`` with each
+    subset's max Procrustes similarity over ``resnet_names``, and the null of the first subset's max CKA over them
+    (``compared`` names that subset)."""
+    factors = measure_checks.tap_factors(model, images, subset_names + resnet_names, batch_size)
+    subset_factors, resnet_factors = [factors[name] for name in subset_names], [factors[name] for name in resnet_names]
+    procrustes = measure_checks.procrustes_pairs(subset_factors, resnet_factors)
+    first_gram, resnet_grams = measure_checks.grams(subset_factors[:1]), measure_checks.grams(resnet_factors)
+
+    def first_max_cka(order):
+        return float(np.nanmax(measure_checks.minibatch_cka(first_gram, resnet_grams, batch_size, order)))
+
+    return {"second_measure": measure_checks.second_measure(
+                within_size_correlation(subset_distance, np.nanmax(procrustes, axis=1), sizes), len(images)),
+            "null": measure_checks.null_check(
+                first_max_cka, len(images), f"max CKA over the lower ResNet layers of {compared} (ResNet examples "
+                "shuffled)", measure_checks.minibatch_estimator(batch_size), num_permutations, seed)}
+
+
+def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0, strategy=None, progress=False,
+        check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+        null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """Figure 5: CKA between subsets of the first ViT's ``block`` heads and the first ResNet's lower layers.
 
     Args:
       models: ``{label: keras.Model}`` holding a ViT and a ResNet (the first of each family is used).
-      data: a ``tf.data`` dataset of ``(images [b, S, S, 3], labels [b])`` batches (``b >= 4``), iterated twice
-        (head distances, then CKA); it must yield the same examples each time.
+      data: a ``tf.data`` dataset of ``(images [b, S, S, 3], labels [b])`` batches (``b >= 4``), iterated three
+        times (head distances, CKA, the checked examples); it must yield the same examples each time.
       block: the ViT encoder block; window_sizes: sizes of the windows of sorted heads (default 1 .. H).
-      num_resamples, seed: the bootstrap over CKA minibatches; strategy: a ``tf.distribute.Strategy`` or None.
+      num_resamples, seed: the bootstrap over CKA minibatches (the seed also draws the null's shuffles);
+        strategy: a ``tf.distribute.Strategy`` or None.
+      check_examples, null_permutations: the finding's checks beyond CKA (module docstring).
 
     Returns a :class:`SectionResult` with arrays ``head_subset_cka {cka [S, R], subset_mean_distance [S],
     head_distance [H], subset_names, resnet_names}``, its table, the finding and Figure 5.
@@ -128,7 +158,8 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
                                                           progress=progress, return_batch_terms=True,
                                                           strategy=strategy)
     cka = np.asarray(metric.result(), dtype=np.float64)
-    num_examples = int(len(terms["cross"]) * evaluation.batch_size_of(data))
+    batch_size = evaluation.batch_size_of(data)
+    num_examples = int(len(terms["cross"]) * batch_size)
     sizes = np.array([len(subset) for subset in subsets])
 
     def correlation(matrix):
@@ -139,6 +170,11 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
         bootstrap.cka_bootstrap_interval(terms, lambda matrix, s=s: float(np.nanmax(matrix[s])),
                                          num_resamples=min(num_resamples, MAX_CKA_RESAMPLES), seed=seed)
         for s in range(len(subsets)))))
+    indices = measure_checks.check_indices(num_examples, batch_size, check_examples)
+    checks = head_subset_checks(model, subset_names, joint_resnet_names, subset_distance, sizes,
+                                measure_checks.take_images(data, indices), batch_size,
+                                compared=f"heads {','.join(map(str, subsets[0]))}",
+                                num_permutations=null_permutations, seed=seed)
     finding = findings.Finding(
         key="local_heads_most_resnet_like", section="5",
         claim="Lower ResNet layers are most similar to the local attention heads of the ViT's first block",
@@ -148,7 +184,8 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
         detail={"vit": vit, "resnet": resnet, "block": block, "num_subsets": len(subsets),
                 "num_examples": num_examples,
                 "plain_correlation": float(np.corrcoef(subset_distance, np.nanmax(cka, axis=1))[0, 1]),
-                "interval": "bootstrap over CKA minibatches, head order and distances fixed"})
+                "interval": "bootstrap over CKA minibatches, head order and distances fixed"},
+        **checks)
     names = [f"heads {','.join(map(str, subset))}" for subset in subsets]
     arrays = {"head_subset_cka": {"cka": cka, "subset_mean_distance": subset_distance,
                                   "head_distance": head_distance, "subset_names": np.array(names),
@@ -162,6 +199,7 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
                                                                   max_high)]}}
     summary = {
         "vit": vit, "resnet": resnet, "block": block, "num_examples": num_examples,
+        "check_examples": int(len(indices)), "null_permutations": null_permutations,
         "head_distance": head_distance, "head_order_local_to_global": order,
         "subsets": [{"heads": list(map(int, heads)), "mean_distance": float(distance), "max_cka": float(best)}
                     for heads, distance, best in zip(subsets, subset_distance, max_cka)],

@@ -26,6 +26,11 @@ examples, which lowers the effective sample size; linear CKA (biased HSIC) betwe
 grows as the sample shrinks, so replicate scores are biased low and the interval can sit slightly below the
 estimate. Differences between models share this bias and mostly cancel.
 
+Checks beyond CKA (``measure_checks``, on ``check_examples`` evenly spaced images, default 256): both findings also
+report the same own-patch share (or difference) computed from token-patch Procrustes similarity maps, and the
+permutation null (``null_permutations`` shuffles, default 100) of the CKA they compare: the CLS ViT's mean linear
+CKA between each token and its own patch(es), with the images shuffled against the tokens.
+
 Arrays: ``token_patch_cka`` (per model ``<label>/cka_map`` [T, P], ``own_patches`` [T, P], ``token_grid``).
 
 Findings:
@@ -42,7 +47,7 @@ from vitcnn_tf.analysis import bootstrap, localization
 from vitcnn_tf.analysis.tokens import infer_num_prefix_tokens
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.grids import square_side
-from vitcnn_tf.paper import common, evaluation
+from vitcnn_tf.paper import common, evaluation, measure_checks
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 # Tokens drawn in the maps, as (row, column) fractions of the token grid: a corner, an edge, two interior tokens.
@@ -152,6 +157,38 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
     return intervals
 
 
+def localization_checks(images, tokens, setups, cls_label, gap_label, patch_size, *, num_permutations, seed):
+    """``{finding key: {"second_measure", "null"}}`` of the findings on the checked ``images [m, ...]`` and their
+    ``tokens`` (``{label: [m, T, d]}``): own-patch shares of token-patch Procrustes maps, and the null of the CLS
+    ViT's own-patch linear CKA."""
+    patches = localization.image_patches(images, patch_size)
+    patch_factors = measure_checks.array_factors(patches.transpose(1, 0, 2))
+    shares = {}
+    for label in [label for label in (cls_label, gap_label) if label is not None]:
+        prefix, own = setups[label]
+        token_factors = measure_checks.array_factors(tokens[label][:, prefix:].transpose(1, 0, 2))
+        shares[label] = own_patch_share(measure_checks.procrustes_pairs(token_factors, patch_factors), own)
+        if label == cls_label:
+            token_grams, own_pairs = measure_checks.grams(token_factors), np.argwhere(own)
+    patch_grams = measure_checks.grams(patch_factors)
+
+    def own_patch_cka(order):
+        values = measure_checks.linear_cka_pairs(token_grams, patch_grams, own_pairs, order)
+        return float(np.mean([values[own_pairs[:, 0] == token].mean() for token in np.unique(own_pairs[:, 0])]))
+
+    null = measure_checks.null_check(
+        own_patch_cka, len(images), f"{cls_label}: mean over tokens of the linear CKA with their own patch(es) "
+        "(images shuffled against the tokens)", "linear CKA (biased HSIC) over the checked examples",
+        num_permutations, seed)
+    checks = {"cls_vit_tokens_localize": {
+        "second_measure": measure_checks.second_measure(shares[cls_label], len(images)), "null": null}}
+    if gap_label is not None:
+        checks["gap_vit_localizes_less"] = {
+            "second_measure": measure_checks.second_measure(shares[cls_label] - shares[gap_label], len(images)),
+            "null": null}
+    return checks
+
+
 def maps_figure(maps, grids, patch_grid, labels):
     """Figures 9 / 10: per model (row) the CKA maps of the ``TOKEN_POSITIONS`` tokens over the patch grid."""
     panels, titles, boxes = [], [], []
@@ -200,7 +237,8 @@ def scores_figure(summary_models, labels):
 
 @evaluation.single_threaded_blas
 def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_resamples=20, bootstrap_all=False,
-        seed=0, progress=False, context=None):
+        seed=0, progress=False, context=None, check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+        null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """Section 7 localization (see the module docstring for the roles, scores and intervals).
 
     Args:
@@ -214,6 +252,7 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
       bootstrap_all: also resample the ResNet's scores (not used by a finding).
       progress: show progress bars.
       context: optional JSON-able dict recorded in every finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
+      check_examples, null_permutations: the findings' checks (module docstring).
 
     Returns a :class:`SectionResult`: array group ``token_patch_cka``, the maps (Figures 9 / 10) and the scores,
     the findings; ``summary["skipped"]`` names what was skipped and why.
@@ -251,6 +290,10 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
             item[f"{name}_interval"] = intervals.get((label, name))
         summary_models[label] = item
 
+    checked = measure_checks.check_indices(len(images), batch_size, check_examples)
+    checks = localization_checks(images[checked], {label: values[checked] for label, values in tokens.items()},
+                                 setups, cls_label, gap_label, patch_size, num_permutations=null_permutations,
+                                 seed=seed)
     findings = []
     detail = dict(patch_size=patch_size, patch_grid=list(patch_grid), resamples=bootstrap_resamples,
                   interval="percentile bootstrap over examples, every CKA map recomputed per resample")
@@ -268,7 +311,8 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
         detail=evaluation.finding_detail(
             context, len(images), batch_size, seed, model=cls_label, top1_fraction=item["top1_fraction_interval"],
             chance_top1_fraction=item["chance_top1_fraction"], mean_own_rank=item["mean_own_rank_interval"],
-            chance_mean_own_rank=item["chance_mean_own_rank"], **detail)))
+            chance_mean_own_rank=item["chance_mean_own_rank"], **detail),
+        **checks["cls_vit_tokens_localize"]))
     skipped = []
     if compare:
         difference = intervals[("difference", "own_share")]
@@ -282,7 +326,8 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
                 context, len(images), batch_size, seed, models=[cls_label, gap_label], paired=True,
                 other_scores={"top1_fraction_difference": intervals[("difference", "top1_fraction")],
                               "mean_own_rank_difference (GAP minus CLS)": intervals[("difference", "mean_own_rank")]},
-                **detail)))
+                **detail),
+            **checks["gap_vit_localizes_less"]))
     else:
         skipped.append({"paper_figure": "9", "part": "GAP ViT maps and gap_vit_localizes_less",
                         "reason": NO_GAP_REASON})

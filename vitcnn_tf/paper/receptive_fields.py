@@ -2,16 +2,18 @@
 
 The effective receptive field (ERF, Luo et al. 2016) of a layer is the mean over images and channels of
 ``|d a_c(centre) / d input|`` (``analysis.receptive_field``), over ``num_images`` images (default 32, as the paper)
-and a random subset of ``max_channels`` channels per layer (default 16; None = all). Taps: a ViT's block outputs
-after the residual connections (``blockNN/+sa``, ``blockNN/+mlp``, Figure 6) and its attention sublayers before
-their residual (``blockNN/sa``, Appendix C); a ResNet's stage outputs (the last ``+res`` of each stage); a Mixer's
-residual sums. A map's extent is the side (pixels) of the smallest square around its centre of mass holding
+and a random subset of ``max_channels`` channels per image and layer (default 16; None = all). Taps: a ViT's block
+outputs after the residual connections (``blockNN/+mlp``, Figure 6) and its attention sublayers before their
+residual (``blockNN/sa``, Appendix C); a ResNet's stage outputs (the last ``+res`` of each stage); a Mixer's block
+outputs (``blockNN/+channel_mixing``). ``num_blocks`` limits a ViT or Mixer to that many evenly spaced blocks, the
+first and the last included, as the paper's figure shows a few layers per model. A map's extent is the side (pixels) of the smallest square around its centre of mass holding
 ``mass`` (default 50%) of its mass (``erf_extent``); depth is the tap's position among the model's taps, 0..1.
 Intervals bootstrap the images (each image's own ERF map is kept; paired across models).
 
-Cost: ``max_channels * ceil(num_images / batch_size)`` backward passes per tap whatever the layer's width (16 for
-the defaults), plus one trace of the gradient function per tap: 3 L taps for a ViT of L blocks, one per stage (4)
-for a ResNet.
+Cost per tap: ``ceil(num_images / batch_size)`` forward passes and ``max_channels`` times as many backward passes
+of the model up to the tap, whatever the layer's width, plus one trace of the gradient function: 2 taps per ViT
+block, one per stage (4) for a ResNet. On a 2-core CPU a ViT-B/16 tap costs seconds to minutes
+(docs/reproduction.md); the paper preset takes 6 blocks and 4 channels per image.
 
 Finding ``vit_erf_larger_in_lower_layers``: extent of the lowest ViT block output (``block00/+mlp``) minus that of
 the lowest ResNet stage output; claim > 0.
@@ -28,19 +30,33 @@ BAND_RESAMPLES = 200  # resamples of the per-tap bands in the figure (the findin
 BEFORE_RESIDUAL_SUFFIX = "/sa"
 
 
-def erf_taps(model):
-    """The taps whose ERF is computed, in forward order (see the module docstring)."""
+def erf_taps(model, num_blocks=None):
+    """The taps whose ERF is computed, in forward order (see the module docstring); ``num_blocks`` (ViT, Mixer):
+    that many evenly spaced blocks, the first and the last included (None: every block)."""
     names = representations.layer_names(model)
     family = common.family(model)
-    if family == "vit":
-        return [name for name in names if name.endswith((BEFORE_RESIDUAL_SUFFIX, "/+sa", "/+mlp"))]
     if family == "resnet":
         units = [name for name in names if name.endswith("/+res")]
         return [name for index, name in enumerate(units)
                 if index + 1 == len(units) or units[index + 1].split("/")[0] != name.split("/")[0]]
-    if family == "mixer":
-        return [name for name in names if name.endswith(("/+token_mixing", "/+channel_mixing"))]
-    raise ValueError(f"model {model.name!r}: ERF taps are defined for ViT, ResNetV2 and Mixer models")
+    suffixes = {"vit": (BEFORE_RESIDUAL_SUFFIX, "/+mlp"), "mixer": ("/+channel_mixing",)}.get(family)
+    if suffixes is None:
+        raise ValueError(f"model {model.name!r}: ERF taps are defined for ViT, ResNetV2 and Mixer models")
+    taps = [name for name in names if name.endswith(suffixes)]
+    blocks = list(dict.fromkeys(tap.split("/")[0] for tap in taps))
+    chosen = set(blocks if num_blocks is None else evenly_spaced(blocks, num_blocks))
+    return [tap for tap in taps if tap.split("/")[0] in chosen]
+
+
+def evenly_spaced(items, count):
+    """``count`` items of ``items`` at evenly spaced positions, the first and the last included (all if fewer)."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"num_blocks: expected None or an int >= 1, got {count!r}")
+    if count >= len(items):
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[int(round(position))] for position in np.linspace(0, len(items) - 1, count)]
 
 
 def central_patch_mass(erf_map, patch_size):
@@ -113,16 +129,17 @@ def erf_finding(models, results, *, mass=0.5, max_channels=16, num_resamples=100
                 "interval": "paired bootstrap over images"})
 
 
-def run(models, data, *, num_images=32, batch_size=32, max_channels=16, mass=0.5, num_resamples=1000, seed=0,
-        progress=False):
+def run(models, data, *, num_images=32, batch_size=32, max_channels=16, num_blocks=None, mass=0.5,
+        num_resamples=1000, seed=0, progress=False):
     """Figure 6 and Appendix C: effective receptive fields of every model's taps (``erf_taps``).
 
     Args:
       models: ``{label: keras.Model}`` sharing one input size; the finding uses the first ViT and the first ResNet.
       data: a ``tf.data`` dataset (or iterable) of ``(images [b, S, S, 3], labels [b])`` batches; its first
         ``num_images`` images are used (None: all of them).
-      batch_size: images per gradient call; max_channels: channels sampled per tap (None: all; the cost is
-        ``max_channels * ceil(num_images / batch_size)`` backward passes per tap); mass: the extent's mass fraction.
+      batch_size: images per gradient call; max_channels: channels sampled per image and tap (None: all; the cost
+        is ``max_channels * ceil(num_images / batch_size)`` backward passes per tap); num_blocks: evenly spaced
+        blocks of a ViT or Mixer (None: all); mass: the extent's mass fraction.
       num_resamples, seed: the finding's bootstrap over images; ``seed`` also draws the channels.
 
     Returns a :class:`SectionResult` with arrays ``erf_maps {<label>.maps [K, S, S], <label>.taps, <label>.extent
@@ -139,7 +156,7 @@ def run(models, data, *, num_images=32, batch_size=32, max_channels=16, mass=0.5
     images = evaluation.stack_images(data, num_images)
     results = {}
     for label, model in models.items():
-        taps = erf_taps(model)
+        taps = erf_taps(model, num_blocks)
         if progress:
             print(f"ERF of {len(taps)} taps of {label!r} over {len(images)} images", flush=True)
         results[label] = model_receptive_fields(model, taps, images, batch_size=batch_size,
@@ -156,7 +173,7 @@ def run(models, data, *, num_images=32, batch_size=32, max_channels=16, mass=0.5
                                                                  result["low"], result["high"],
                                                                  result["centre_patch_mass"])]
         for label, result in results.items()}}
-    summary = {"num_images": int(len(images)), "max_channels": max_channels, "mass": mass,
+    summary = {"num_images": int(len(images)), "max_channels": max_channels, "num_blocks": num_blocks, "mass": mass,
                "extent": {label: dict(zip(result["taps"], map(int, result["extent"])))
                           for label, result in results.items()}}
     if finding is None:

@@ -32,6 +32,19 @@ Findings (with a ViT and a ResNet among the models):
   normalised depth (0 = first, 1 = last kept ViT tap) of the most similar ViT tap, averaged; claim < 0.25 (a
   proportional correspondence gives 0.25; the paper's "lowest quarter" about 0.125).
 
+Checks beyond CKA (``measure_checks``): both findings also report the same statistic under orthogonal Procrustes
+similarity and the permutation null of the CKA they compare (the ViT's mean CKA between lower- and upper-half block
+outputs; the mean over the lower-half ResNet layers of their largest CKA with a ViT layer), on ``check_examples``
+evenly spaced examples (default 256) with ``null_permutations`` (default 100) shuffles.
+
+Measures of the maps (``measure=``): ``"cka"`` (default) streams every example as above. ``"procrustes"`` and
+``"mutual_knn"`` (k = 10) need every example of a tap at once, so their maps use the ``check_examples`` subset
+(the findings stay CKA's): each tap is extracted for the subset, a group of taps of at most 256 MB of float32
+activations at a time, and reduced to its Procrustes factor (``8 n min(n, d)`` bytes, 0.5 MB at n = 256) or its
+``[n, k]`` neighbour indices; the maps come from those. Cost: one forward pass over the subset per group of taps,
+an ``[n, n]`` eigendecomposition per tap and, for Procrustes, one ``[r, r]`` singular value decomposition per pair
+of taps (``r = min(n, d)``).
+
 Seed replicates (other trained seeds of a model) join the joint CKA; each gets a ``seeds_<a>_<b>`` map and the
 findings become means over the seed pairs with two-level (seeds, minibatches) bootstrap intervals.
 """
@@ -43,11 +56,14 @@ import numpy as np
 
 from vitcnn_tf import findings, plotting, representations
 from vitcnn_tf.analysis import bootstrap
-from vitcnn_tf.paper import common, evaluation
+from vitcnn_tf.metrics.neighbours import layer_neighbours, mutual_knn_from_neighbours
+from vitcnn_tf.paper import common, evaluation, measure_checks
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 DEFAULT_EXCLUDE = r".*/attn|logits"
 TAP_CHOICES = ("all", "blocks")
+MEASURES = {"cka": "CKA", "procrustes": "Procrustes similarity", "mutual_knn": "mutual 10-NN alignment"}
+NUM_NEIGHBOURS = 10
 
 WITHIN_CAPTION = ("CKA between every pair of kept layers of {label} (x and y: layers from input to output, input at "
                   "the bottom left).")
@@ -115,6 +131,104 @@ def most_similar_depth(cross, rows):
     return float(np.mean(common.normalised_depths(cross.shape[1], by_division=True)[best]))
 
 
+def finding_seed_pairs(models, replicates):
+    """``[(ViT label, ResNet label), ...]``: the first ViT and ResNet of ``models`` and their seed replicates paired
+    in order (as many pairs as both have seeds); empty without a ViT and a ResNet."""
+    vit, resnet = common.first_of_family(models, "vit"), common.first_of_family(models, "resnet")
+    if vit is None or resnet is None:
+        return []
+    return [(vit, resnet)] + list(zip(replicates.get(vit, []), replicates.get(resnet, [])))
+
+
+def structure_checks(models, seed_pairs, layers, images, batch_size, *, num_permutations, seed):
+    """``{finding key: {"second_measure", "null"}}`` of the two findings (module docstring) on ``images [m, ...]``
+    (whole minibatches of ``batch_size``), for the ``seed_pairs`` of :func:`finding_seed_pairs`."""
+    vit_labels, resnet_labels = [pair[0] for pair in seed_pairs], [pair[1] for pair in seed_pairs]
+    outputs = {label: common.block_output_indices(models[label], layers[label]) for label in vit_labels
+               + resnet_labels}
+    lower = list(range(len(layers[resnet_labels[0]]) // 2))
+    needed = {label: layers[label] for label in vit_labels}
+    needed.update({label: [layers[label][i] for i in sorted(set(lower) | set(outputs[label]))]
+                   for label in resnet_labels})
+    factors = {label: measure_checks.tap_factors(models[label], images, taps, batch_size)
+               for label, taps in needed.items()}
+
+    def of(label, indices):
+        return [factors[label][layers[label][i]] for i in indices]
+
+    def uniform_procrustes(vit, resnet):
+        return (lower_upper_similarity(measure_checks.procrustes_pairs(of(vit, outputs[vit]), of(vit, outputs[vit])),
+                                       list(range(len(outputs[vit]))))
+                - lower_upper_similarity(measure_checks.procrustes_pairs(of(resnet, outputs[resnet]),
+                                                                         of(resnet, outputs[resnet])),
+                                         list(range(len(outputs[resnet])))))
+
+    def depth_procrustes(vit, resnet):
+        cross = measure_checks.procrustes_pairs(of(resnet, lower), of(vit, range(len(layers[vit]))))
+        return most_similar_depth(cross, list(range(len(lower))))
+
+    grams = {label: measure_checks.grams(of(label, outputs[label])) for label in vit_labels}
+    vit_grams = {label: measure_checks.grams(of(label, range(len(layers[label])))) for label in vit_labels}
+    resnet_grams = {label: measure_checks.grams(of(label, lower)) for label in resnet_labels}
+
+    def vit_lower_upper(order):
+        values = []
+        for label in vit_labels:
+            half = len(outputs[label]) // 2
+            values.append(np.mean(measure_checks.minibatch_cka(grams[label][:half], grams[label][half:], batch_size,
+                                                               order)))
+        return float(np.mean(values))
+
+    def best_vit_match(order):
+        return float(np.mean([np.mean(np.nanmax(measure_checks.minibatch_cka(resnet_grams[resnet], vit_grams[vit],
+                                                                             batch_size, order), axis=1))
+                              for vit, resnet in seed_pairs]))
+
+    count, seeds_text = len(images), (f", mean over {len(seed_pairs)} seeds" if len(seed_pairs) > 1 else "")
+    estimator = measure_checks.minibatch_estimator(batch_size)
+    return {
+        "vit_uniform_similarity": {
+            "second_measure": measure_checks.second_measure(
+                np.mean([uniform_procrustes(*pair) for pair in seed_pairs]), count),
+            "null": measure_checks.null_check(
+                vit_lower_upper, count, "the ViT's mean CKA between lower-half and upper-half block outputs (upper "
+                f"half shuffled){seeds_text}", estimator, num_permutations, seed)},
+        "resnet_lower_half_matches_vit_lowest_quarter": {
+            "second_measure": measure_checks.second_measure(
+                np.mean([depth_procrustes(*pair) for pair in seed_pairs]), count),
+            "null": measure_checks.null_check(
+                best_vit_match, count, "mean over the lower-half ResNet layers of the largest CKA with any ViT layer "
+                f"(ViT examples shuffled){seeds_text}", estimator, num_permutations, seed)},
+    }
+
+
+def measure_maps(models, layers, images, batch_size, measure):
+    """``{label: {"factors" or "neighbours": per-tap reductions}}`` of ``images`` for a ``measure`` other than
+    CKA, and ``pair(rows label, cols label) -> [La, Lb]`` map."""
+    if measure == "procrustes":
+        factors = {label: measure_checks.tap_factors(model, images, layers[label], batch_size)
+                   for label, model in models.items()}
+        return lambda rows, cols: measure_checks.procrustes_pairs([factors[rows][t] for t in layers[rows]],
+                                                                  [factors[cols][t] for t in layers[cols]])
+
+    def neighbours_of(activations):
+        indices, zero = layer_neighbours([activations], NUM_NEIGHBOURS, "activations")
+        return indices.numpy()[0], bool(zero[0])
+
+    found = {label: measure_checks.reduce_taps(model, images, layers[label], batch_size, neighbours_of)
+             for label, model in models.items()}
+
+    def pair(rows, cols):
+        indices = [np.stack([found[label][t][0] for t in layers[label]]) for label in (rows, cols)]
+        zero = [np.array([found[label][t][1] for t in layers[label]]) for label in (rows, cols)]
+        matrix = mutual_knn_from_neighbours(*indices)
+        matrix[zero[0], :] = np.nan
+        matrix[:, zero[1]] = np.nan
+        return matrix
+
+    return pair
+
+
 def structure_findings(models, replicates, layers, slices, terms, batches_per_pass, *, batch_size, passes,
                        num_resamples=1000, seed=0):
     """The two Section 4 findings (empty without a ViT and a ResNet among ``models``).
@@ -124,11 +238,11 @@ def structure_findings(models, replicates, layers, slices, terms, batches_per_pa
     terms of ``joint_cka``. With ``k`` replicates of both the ViT and the ResNet the findings average over ``k + 1``
     seed pairs and their intervals resample seeds and minibatches; otherwise minibatches only.
     """
-    vit, resnet = common.first_of_family(models, "vit"), common.first_of_family(models, "resnet")
-    if vit is None or resnet is None:
+    seed_pairs = finding_seed_pairs(models, replicates)
+    if not seed_pairs:
         return []
-    num_seeds = 1 + min(len(replicates.get(vit, [])), len(replicates.get(resnet, [])))
-    seed_pairs = [(vit, resnet)] + list(zip(replicates.get(vit, []), replicates.get(resnet, [])))[:num_seeds - 1]
+    vit, resnet = seed_pairs[0]
+    num_seeds = len(seed_pairs)
     seed_labels = [label for pair in seed_pairs for label in pair]
     outputs = {label: common.block_output_indices(models[label], layers[label]) for label in seed_labels}
     for label, indices in outputs.items():
@@ -204,7 +318,9 @@ def map_summary(matrix, row_names, col_names, rows, cols, key, passes):
 
 
 def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLUDE, passes=None,
-        num_resamples=1000, seed=0, strategy=None, progress=False):
+        num_resamples=1000, seed=0, strategy=None, progress=False, measure="cka",
+        check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+        null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """Figures 1 and 2: within-model CKA maps of every model and cross-model maps of every pair.
 
     Args:
@@ -217,11 +333,16 @@ def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLU
         ``seeds_<label>_<replicate>`` maps and intervals over seeds.
       taps: ``"all"`` or ``"blocks"`` (see the module docstring); exclude: regular expression of taps left out.
       num_resamples, seed: the bootstrap of the findings' intervals. strategy: a ``tf.distribute.Strategy`` or None.
+      measure: the maps' similarity measure, ``"cka"``, ``"procrustes"`` or ``"mutual_knn"`` (module docstring).
+      check_examples, null_permutations: the subset of the findings' checks (and of a non-CKA measure's maps) and
+        the shuffles of their permutation null (``measure_checks``).
 
     Returns a :class:`SectionResult` with arrays ``{key: {matrix [La, Lb], row_names, col_names}}`` and a table per
     map key, the two findings, and one heatmap figure per map.
     """
     common.check_models(models)
+    if measure not in MEASURES:
+        raise ValueError(f"measure: expected one of {tuple(MEASURES)}, got {measure!r}")
     seed_replicates = seed_replicates or {}
     for label, others in seed_replicates.items():
         if label not in models:
@@ -244,27 +365,39 @@ def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLU
                  for i, first in enumerate(labels) for second in labels[i + 1:]})
     maps.update({f"seeds_{label}_{other}": (label, other)
                  for label, others in replicates.items() for other in others})
+    indices = measure_checks.check_indices(batches_per_pass * batch_size, batch_size, check_examples)
+    seed_pairs = finding_seed_pairs(all_models, replicates)
+    check_images = (measure_checks.take_images(evaluation.data_passes(data, passes)[0](), indices)
+                    if seed_pairs or measure != "cka" else None)
+    measured = None if measure == "cka" else measure_maps(all_models, layers, check_images, batch_size, measure)
     arrays, tables, figures = {}, {}, []
     for key, (rows, cols) in maps.items():
-        block = matrix[slices[rows], slices[cols]]
+        block = matrix[slices[rows], slices[cols]] if measured is None else measured(rows, cols)
         arrays[key] = {"matrix": block, "row_names": np.array(layers[rows]), "col_names": np.array(layers[cols])}
         tables[key] = map_summary(block, layers[rows], layers[cols], rows, cols, key, num_passes)
         families = {common.family(all_models[rows]), common.family(all_models[cols])}
-        figures.append(_heatmap_figure(key, block, layers[rows], layers[cols], rows, cols, families))
+        figures.append(_heatmap_figure(key, block, layers[rows], layers[cols], rows, cols, families, measure))
     found = structure_findings(all_models, replicates, layers, slices, terms, batches_per_pass,
                                batch_size=batch_size, passes=num_passes, num_resamples=num_resamples, seed=seed)
+    if found:
+        checks = structure_checks(all_models, seed_pairs, layers, check_images, batch_size,
+                                  num_permutations=null_permutations, seed=seed)
+        found = [dataclasses.replace(finding, **checks[finding.key]) for finding in found]
     summary = {"seed_replicates": replicates, "num_examples": batches_per_pass * batch_size,
                "batch_size": batch_size, "passes": num_passes, "taps": taps, "excluded_taps": exclude,
+               "measure": measure, "check_examples": int(len(indices)), "null_permutations": null_permutations,
                "maps": tables}
+    if measure != "cka":
+        summary["maps_examples"] = int(len(indices))
     if not found:
         summary["findings_skipped"] = "no ViT and ResNet pair among the models"
     return SectionResult(experiment="representation_structure", arrays=arrays, tables=tables, findings=found,
                          summary=summary, figures=figures)
 
 
-def _heatmap_figure(key, matrix, row_names, col_names, rows, cols, families):
+def _heatmap_figure(key, matrix, row_names, col_names, rows, cols, families, measure="cka"):
     """The figure of one map; ``families``: the set of the two models' families (a Mixer's maps are the paper's
-    Section H, a ViT-ResNet pair its Figure 2)."""
+    Section H, a ViT-ResNet pair its Figure 2); ``measure``: the map's similarity measure (the paper's is CKA)."""
     if key.startswith("within_"):
         paper = "H" if "mixer" in families else "1"
         caption, look_for = WITHIN_CAPTION.format(label=rows), WITHIN_LOOK_FOR
@@ -277,8 +410,15 @@ def _heatmap_figure(key, matrix, row_names, col_names, rows, cols, families):
         paper, caption, look_for = "", SEEDS_CAPTION.format(rows=rows, cols=cols), SEEDS_LOOK_FOR
         title = f"CKA: {rows} (rows) vs {cols} (columns)"
 
+    if measure != "cka":
+        name = MEASURES[measure]
+        caption = caption.replace("CKA", name) + " (the paper's figure uses CKA)"
+        title = title.replace("CKA", name)
+
     def draw():
-        return plotting.cka_heatmap(matrix, row_names, col_names, title=title, ylabel=f"{rows} layer",
-                                    xlabel=f"{cols} layer")
+        figure = plotting.cka_heatmap(matrix, row_names, col_names, title=title, ylabel=f"{rows} layer",
+                                      xlabel=f"{cols} layer")
+        figure.axes[-1].set_ylabel(MEASURES[measure])
+        return figure
 
     return FigureSpec(file=f"{key}.png", paper_figure=paper, caption=caption, look_for=look_for, draw=draw)

@@ -29,6 +29,11 @@ Findings (95% intervals; norm ratios: bootstrap over examples, paired across mod
                                        same over second-half units, > 0
   skip_removal_partitions_representation  partition scalar of the no-skip ViT whose removed block is most
                                        central minus that of the reference ViT at the same block, > 0
+
+The CKA finding ``skip_removal_partitions_representation`` also reports (``measure_checks``, on
+``check_examples`` evenly spaced images, default 256) the same difference of partition scalars under orthogonal
+Procrustes similarity, and the permutation null (``null_permutations`` shuffles, default 100) of the CKA it
+compares: the no-skip ViT's mean within-side CKA, with the later layer of each pair shuffled.
 """
 
 import re
@@ -40,7 +45,7 @@ from vitcnn_tf import plotting, representations
 from vitcnn_tf.analysis import bootstrap, skip, tokens
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.models import model_family
-from vitcnn_tf.paper import common, evaluation
+from vitcnn_tf.paper import common, evaluation, measure_checks
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 REMOVAL_LAYERS = r"embedding|block\d+/\+(sa|mlp)"
@@ -360,8 +365,32 @@ def removal_figure(matrices, names, blocks, titles):
     return figure
 
 
+def removal_checks(models, central, reference_label, names, block, images, batch_size, *, num_permutations, seed):
+    """``{"second_measure", "null"}`` of ``skip_removal_partitions_representation`` on ``images [m, ...]`` (whole
+    minibatches of ``batch_size``): the partition difference under Procrustes similarity, and the null of the
+    ``central`` no-skip ViT's within-side mean CKA over the residual stream ``names``."""
+    factors = {label: measure_checks.tap_factors(models[label], images, names, batch_size)
+               for label in (central, reference_label)}
+    procrustes = {label: measure_checks.procrustes_pairs([found[name] for name in names],
+                                                         [found[name] for name in names])
+                  for label, found in factors.items()}
+    difference = (partition_scalar(procrustes[central], names, block)["partition"]
+                  - partition_scalar(procrustes[reference_label], names, block)["partition"])
+    grams = measure_checks.grams([factors[central][name] for name in names])
+
+    def within(order):
+        return partition_scalar(measure_checks.minibatch_cka(grams, grams, batch_size, order), names, block)["within"]
+
+    return {"second_measure": measure_checks.second_measure(difference, len(images)),
+            "null": measure_checks.null_check(
+                within, len(images), f"{central}: mean CKA between layers on the same side of block {block} "
+                "(within), one layer of each pair shuffled", measure_checks.minibatch_estimator(batch_size),
+                num_permutations, seed)}
+
+
 def skip_removal_analysis(reference_label, reference, noskip, accuracies, images, batch_size, *, resamples, seed,
-                          progress, strategy, context):
+                          progress, strategy, context, check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+                          null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """CKA heatmaps and partition scalars: ``(summary, arrays, findings, figures)``."""
     models = {reference_label: reference, **noskip}
     blocks = {reference_label: None, **{label: removed_block(model, label) for label, model in noskip.items()}}
@@ -405,6 +434,9 @@ def skip_removal_analysis(reference_label, reference, noskip, accuracies, images
 
     central = min(noskip, key=lambda label: abs(blocks[label] - (num_layers - 1) / 2))
     difference = summary["models"][central]["partition_minus_reference"]
+    checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
+    checks = removal_checks(models, central, reference_label, names, blocks[central], checked, batch_size,
+                            num_permutations=null_permutations, seed=seed)
     findings.append(Finding(
         key="skip_removal_partitions_representation", section="6",
         claim="Removing the skip connections of a (middle) block partitions the ViT representation: layers "
@@ -417,7 +449,8 @@ def skip_removal_analysis(reference_label, reference, noskip, accuracies, images
                                          layers=names,
                                          interval="percentile bootstrap over minibatches, paired across models",
                                          resamples=resamples, accuracy=accuracies[central],
-                                         reference_accuracy=accuracies[reference_label])))
+                                         reference_accuracy=accuracies[reference_label]),
+        **checks))
     arrays = {"layers": np.array(names), **{f"{label}/cka": matrix for label, matrix in matrices.items()}}
     figures = [FigureSpec(
         file="skip_removal_cka.png", paper_figure="8",
@@ -435,7 +468,9 @@ def skip_removal_analysis(reference_label, reference, noskip, accuracies, images
 
 @evaluation.single_threaded_blas
 def run(vit, resnet=None, mixer=None, no_skip_models=None, *, data, known_accuracies=None,
-        bootstrap_resamples=1000, seed=0, progress=False, strategy=None, context=None):
+        bootstrap_resamples=1000, seed=0, progress=False, strategy=None, context=None,
+        check_examples=measure_checks.DEFAULT_CHECK_EXAMPLES,
+        null_permutations=measure_checks.DEFAULT_NULL_PERMUTATIONS):
     """Section 6 on the given models (see the module docstring for the roles and statistics).
 
     Args:
@@ -452,6 +487,7 @@ def run(vit, resnet=None, mixer=None, no_skip_models=None, *, data, known_accura
       progress: show progress bars.
       strategy: optional ``tf.distribute.Strategy`` for the CKA accumulation of Figure 8.
       context: optional JSON-able dict recorded in every finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
+      check_examples, null_permutations: the checks of the skip-removal finding (module docstring).
 
     Returns a :class:`SectionResult` with array groups ``norm_ratios`` (and ``skip_removal_cka``), Figures 7 (and 8)
     and the findings; ``summary["skipped"]`` names each skipped figure with the reason.
@@ -487,7 +523,8 @@ def run(vit, resnet=None, mixer=None, no_skip_models=None, *, data, known_accura
         summary["skip_removal"], arrays["skip_removal_cka"], removal_findings, removal_figures = \
             skip_removal_analysis(vit_label, vit_model, noskip, accuracies, images, batch_size,
                                   resamples=bootstrap_resamples, seed=seed, progress=progress, strategy=strategy,
-                                  context=context)
+                                  context=context, check_examples=check_examples,
+                                  null_permutations=null_permutations)
         findings += removal_findings
         figures += removal_figures
     else:

@@ -1,0 +1,173 @@
+"""The checks of the paper's CKA findings beyond CKA (Sections 4, 6, 7 and 8): the same statistic under orthogonal
+Procrustes similarity, and the permutation-null level of the CKA quantity the finding compares
+(``vitcnn_tf.findings.Finding.second_measure`` / ``null``).
+
+Both run on a capped subset of the evaluation examples, whose activations are reduced tap by tap:
+
+* The subset: ``check_examples`` (default 256) examples evenly spaced through the evaluation order, rounded down to
+  whole minibatches of the stage (at least one), so that the null uses the stage's own CKA estimator.
+* Each tap ``[n, ...]`` becomes its unit-norm centred factor ``F`` ``[n, min(n, d)]`` with ``F F^T`` the
+  normalised centred Gram matrix (``vitcnn_tf.metrics.procrustes.procrustes_factors``). Procrustes similarity of a
+  pair is the nuclear norm of ``F_x^T F_y``; CKA, which ignores the scale, is computed from ``F F^T``.
+* The null (``reference.permutations`` / ``null_summary``, default 100 permutations): the compared CKA quantity
+  recomputed with the examples of one side shuffled; with minibatch CKA the shuffled examples are regrouped into
+  the stage's minibatches (unbiased HSIC, null mean near 0), with linear CKA (Section 7, biased HSIC) the subset is
+  one batch (null mean well above 0 at small n).
+
+Memory: the factors, ``8 n min(n, d)`` bytes per tap (0.5 MB at n = 256), and the float32 activations of the
+subset for a group of taps at a time (at most ``max_feature_bytes``, default 256 MB, or one tap). Neither measure
+streams: both need every example of a tap at once, hence the cap.
+"""
+
+import numpy as np
+
+from vitcnn_tf import representations
+from vitcnn_tf.data.elements import element_images
+from vitcnn_tf.metrics import reference
+from vitcnn_tf.metrics.procrustes import procrustes_factors
+
+DEFAULT_CHECK_EXAMPLES = 256
+DEFAULT_NULL_PERMUTATIONS = 100
+DEFAULT_MAX_FEATURE_BYTES = 2**28
+SECOND_MEASURE = "procrustes"
+
+
+def check_indices(num_examples, batch_size, cap=DEFAULT_CHECK_EXAMPLES):
+    """``[m]`` ascending indices of the checked examples: ``m = batch_size * max(1, min(cap, N) // batch_size)``
+    (at most ``N``) evenly spaced through ``N = num_examples``."""
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 4:
+        raise ValueError(f"check_examples: expected an int >= 4, got {cap!r}")
+    count = min(num_examples, batch_size * max(1, min(cap, num_examples) // batch_size))
+    return np.round(np.linspace(0, num_examples - 1, count)).astype(np.int64)
+
+
+def take_images(data, indices):
+    """``[m, S, S, C]`` float32 images at ``indices`` (ascending) of the batches of ``data``, in one pass."""
+    wanted, parts, offset = np.asarray(indices), [], 0
+    for batch in data:
+        images = np.asarray(element_images(batch, "data"), dtype=np.float32)
+        chosen = wanted[(wanted >= offset) & (wanted < offset + len(images))] - offset
+        parts.append(images[chosen])
+        offset += len(images)
+        if offset > wanted[-1]:
+            break
+    images = np.concatenate(parts)
+    if len(images) != len(wanted):
+        raise ValueError(f"data: {offset} examples, fewer than the {wanted[-1] + 1} the checks index")
+    return images
+
+
+def reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes=DEFAULT_MAX_FEATURE_BYTES):
+    """``{tap: reduce(activations [n, ...] float32)}`` of ``model``'s ``taps`` on ``images [n, ...]``, extracted in
+    minibatches of ``batch_size``, for groups of taps of at most ``max_feature_bytes`` activations at a time (one
+    forward pass over the images per group)."""
+    sizes = {name: int(np.prod(value.shape[1:])) for name, value in
+             representations.extract(model, images[:1], list(taps)).items()}
+    groups, group, group_bytes = [], [], 0
+    for name in taps:
+        size = 4 * len(images) * sizes[name]
+        if group and group_bytes + size > max_feature_bytes:
+            groups.append(group)
+            group, group_bytes = [], 0
+        group.append(name)
+        group_bytes += size
+    groups.append(group)
+    reduced = {}
+    for group in groups:
+        parts = [representations.extract(model, images[start:start + batch_size], group)
+                 for start in range(0, len(images), batch_size)]
+        for name in group:
+            reduced[name] = reduce(np.concatenate([part[name] for part in parts]))
+    return {name: reduced[name] for name in taps}
+
+
+def tap_factors(model, images, taps, batch_size, max_feature_bytes=DEFAULT_MAX_FEATURE_BYTES):
+    """``{tap: float64 factor [n, r]}`` (module docstring; None for a tap constant over the images) of ``model``'s
+    ``taps`` on ``images``, as ``reduce_taps``."""
+    def factor(activations):
+        (found,), degenerate = procrustes_factors([activations])
+        return None if bool(degenerate[0]) else found.numpy()
+
+    return reduce_taps(model, images, taps, batch_size, factor, max_feature_bytes)
+
+
+def array_factors(arrays):
+    """Factors (as ``tap_factors``; None for a constant one) of a list of ``[n, ...]`` arrays."""
+    factors, degenerate = procrustes_factors(list(arrays))
+    return [None if flag else factor for factor, flag in zip(factors.numpy(), np.asarray(degenerate))]
+
+
+def procrustes_pairs(rows, cols):
+    """``[R, C]`` Procrustes similarity between factors ``rows`` and ``cols`` (lists; None: NaN): the nuclear norms
+    of ``F_x^T F_y``, by NumPy's batched singular values (about 4 times faster than TensorFlow's on a CPU)."""
+    matrix = np.full((len(rows), len(cols)), np.nan)
+    good_rows = [i for i, factor in enumerate(rows) if factor is not None]
+    good_cols = [j for j, factor in enumerate(cols) if factor is not None]
+    if good_rows and good_cols:
+        width = max(factor.shape[1] for factor in rows + cols if factor is not None)
+
+        def padded(indices, factors):
+            return np.stack([np.pad(factors[i], [(0, 0), (0, width - factors[i].shape[1])]) for i in indices])
+
+        stacked_cols = padded(good_cols, cols)
+        for i, row in zip(good_rows, padded(good_rows, rows)):
+            matrix[i, good_cols] = np.linalg.svd(row.T @ stacked_cols, compute_uv=False).sum(axis=-1)
+    return matrix
+
+
+def grams(factors):
+    """``[L, n, n]`` normalised centred Gram matrices ``F F^T`` of a list of factors (None: NaN)."""
+    n = next(factor.shape[0] for factor in factors if factor is not None)
+    return np.stack([np.full((n, n), np.nan) if factor is None else factor @ factor.T for factor in factors])
+
+
+def minibatch_cka(rows, cols, batch_size, order=None):
+    """``[R, C]`` minibatch CKA (unbiased HSIC summed over consecutive minibatches of ``batch_size``) between
+    Gram matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``."""
+    n = rows.shape[1]
+    blocks = np.arange(n).reshape(-1, batch_size)  # [B, b]
+    reordered = blocks if order is None else np.asarray(order)[blocks]
+    row_blocks = _u_centred(rows[:, blocks[:, :, None], blocks[:, None, :]])  # [R, B, b, b]
+    col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]])
+    cross = np.einsum("rbij,cbij->rc", row_blocks, col_blocks)
+    self_rows = np.einsum("rbij,rbij->r", row_blocks, row_blocks)
+    self_cols = np.einsum("cbij,cbij->c", col_blocks, col_blocks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(self_rows[:, None] * self_cols[None, :])
+
+
+def linear_cka_pairs(rows, cols, pairs, order=None):
+    """``[Q]`` linear CKA (biased HSIC over all ``n`` examples) of the ``pairs`` ``[(i, j), ...]`` of centred Gram
+    matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``."""
+    row_index, col_index = np.asarray(pairs).T
+    chosen_cols = cols[col_index] if order is None else cols[col_index][:, order][:, :, order]
+    chosen_rows = rows[row_index]
+    cross = np.einsum("qij,qij->q", chosen_rows, chosen_cols)
+    return cross / (np.linalg.norm(chosen_rows, axis=(1, 2)) * np.linalg.norm(chosen_cols, axis=(1, 2)))
+
+
+def _u_centred(k):
+    """Song et al.'s U-centring of ``[..., b, b]`` Gram matrices (``reference.center_gram(unbiased=True)``)."""
+    b = k.shape[-1]
+    k = k * (1.0 - np.eye(b))
+    means = k.sum(axis=-1) / (b - 2)
+    means -= means.sum(axis=-1, keepdims=True) / (2 * (b - 1))
+    return (k - means[..., :, None] - means[..., None, :]) * (1.0 - np.eye(b))
+
+
+def null_check(statistic, num_examples, compared, estimator, num_permutations=DEFAULT_NULL_PERMUTATIONS, seed=0):
+    """The ``null`` field of a finding: ``statistic(order) -> float`` is the compared CKA quantity with the examples
+    of one side reordered by ``order`` (None: as they are); ``compared`` and ``estimator`` describe it."""
+    orders = reference.permutations(num_examples, num_permutations, seed)
+    summary = reference.null_summary(statistic(None), [statistic(order) for order in orders])
+    return {"compared": compared, "estimator": estimator, **summary, "num_examples": int(num_examples)}
+
+
+def second_measure(value, num_examples):
+    """The ``second_measure`` field of a finding: the statistic under Procrustes on ``num_examples`` examples."""
+    return {"measure": SECOND_MEASURE, "value": float(value), "num_examples": int(num_examples)}
+
+
+def minibatch_estimator(batch_size):
+    """Description of the minibatch CKA estimator for a null's ``estimator`` field."""
+    return f"minibatch CKA (unbiased HSIC, minibatches of {batch_size}), shuffled examples regrouped"
