@@ -48,6 +48,17 @@ def test_two_worker_processes_give_the_in_process_results(tmp_path):
     assert outputs(tmp_path / "workers") == outputs(tmp_path / "in_process")
 
 
+def test_a_worker_killed_inside_a_stage_fails_only_that_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STAGE_KILL", "sec4_beta_stage:1")  # the worker dies after the stage's first file
+    assert run(tmp_path, jobs=2) == 1
+    report = (tmp_path / "report.md").read_text()
+    assert "Stage `sec4_beta_stage` (Fake stage sec4_beta_stage): failed" in report
+    assert (tmp_path / "sec4_alpha" / reproduce.STAGE_FILE).exists()
+    monkeypatch.delenv("FAKE_STAGE_KILL")
+    assert run(tmp_path, jobs=2) == 0
+    assert (tmp_path / "sec4_beta_stage" / reproduce.STAGE_FILE).exists()
+
+
 def test_stage_code_covers_the_helper_modules_it_imports():
     files = {os.path.relpath(path, reproduce._PROJECT_ROOT)
              for path in reproduce.code_files("experiments.sec8_data_scale")}

@@ -25,6 +25,7 @@ from vitcnn_tf import representations
 from vitcnn_tf.data.elements import element_images
 from vitcnn_tf.metrics import reference
 from vitcnn_tf.metrics.procrustes import procrustes_factors
+from vitcnn_tf.paper import evaluation
 
 DEFAULT_CHECK_EXAMPLES = 256
 DEFAULT_NULL_PERMUTATIONS = 100
@@ -73,11 +74,12 @@ def reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes=DEFAU
         group_bytes += size
     groups.append(group)
     reduced = {}
-    for group in groups:
-        parts = [representations.extract(model, images[start:start + batch_size], group)
-                 for start in range(0, len(images), batch_size)]
-        for name in group:
-            reduced[name] = reduce(np.concatenate([part[name] for part in parts]))
+    with evaluation.quiet_retracing_warnings():  # one compiled extractor per group of taps, by design
+        for group in groups:
+            parts = [representations.extract(model, images[start:start + batch_size], group)
+                     for start in range(0, len(images), batch_size)]
+            for name in group:
+                reduced[name] = reduce(np.concatenate([part[name] for part in parts]))
     return {name: reduced[name] for name in taps}
 
 
