@@ -62,6 +62,11 @@ def reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes=DEFAU
     """``{tap: reduce(activations [n, ...] float32)}`` of ``model``'s ``taps`` on ``images [n, ...]``, extracted in
     minibatches of ``batch_size``, for groups of taps of at most ``max_feature_bytes`` activations at a time (one
     forward pass over the images per group)."""
+    with evaluation.quiet_retracing_warnings():  # one compiled extractor per group of taps, by design
+        return _reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes)
+
+
+def _reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes):
     sizes = {name: int(np.prod(value.shape[1:])) for name, value in
              representations.extract(model, images[:1], list(taps)).items()}
     groups, group, group_bytes = [], [], 0
@@ -74,12 +79,11 @@ def reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes=DEFAU
         group_bytes += size
     groups.append(group)
     reduced = {}
-    with evaluation.quiet_retracing_warnings():  # one compiled extractor per group of taps, by design
-        for group in groups:
-            parts = [representations.extract(model, images[start:start + batch_size], group)
-                     for start in range(0, len(images), batch_size)]
-            for name in group:
-                reduced[name] = reduce(np.concatenate([part[name] for part in parts]))
+    for group in groups:
+        parts = [representations.extract(model, images[start:start + batch_size], group)
+                 for start in range(0, len(images), batch_size)]
+        for name in group:
+            reduced[name] = reduce(np.concatenate([part[name] for part in parts]))
     return {name: reduced[name] for name in taps}
 
 
