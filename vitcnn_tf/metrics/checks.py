@@ -5,6 +5,8 @@ while a ``tf.function`` is traced; inside a graph, checks of values (NaN / Inf) 
 ``tf.errors.InvalidArgumentError`` when run. Every message names the argument and what was expected.
 """
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -172,3 +174,15 @@ def assert_layer_terms(finite, in_range, name, input_dtypes, state_dtype):
         return tf.no_op()
     return tf.group([tf.debugging.Assert(tf.reduce_all(ok), [message, tf.where(~ok)[:, 0]], summarize=100)
                      for ok, message in checked])
+
+
+def warn_flagged_layers(caller, flags_x, flags_y, what):
+    """When eager, one ``RuntimeWarning`` naming the flagged layers of x and of y (``[L]`` bool flags each):
+    ``"<caller>: layers of x [...] and layers of y [...] <what>"``; nothing when none is flagged. For the public
+    functions of ``procrustes`` and ``neighbours`` (the warning points at their caller)."""
+    if not tf.executing_eagerly():
+        return
+    parts = [f"{name} {np.flatnonzero(np.asarray(flags)).tolist()}" for name, flags in
+             (("layers of x", flags_x), ("layers of y", flags_y)) if np.any(np.asarray(flags))]
+    if parts:
+        warnings.warn(f"{caller}: {' and '.join(parts)} {what}", RuntimeWarning, stacklevel=4)

@@ -11,14 +11,14 @@ for float16 / bfloat16 / float32 input and float64 for float64 input, with Tenso
 reference. Memory: one ``[n, n]`` similarity or indicator matrix at a time and ``L n k`` indices.
 """
 
-import warnings
-
 import numpy as np
 import tensorflow as tf
 
 from vitcnn_tf.metrics import checks, reference
 from vitcnn_tf.metrics.ops import gram_dtype
 from vitcnn_tf.metrics.precision import full_float32_precision
+
+_ZERO_ROWS = "have an all-zero example; cosine similarity is undefined, their mutual k-NN alignment is NaN"
 
 
 @full_float32_precision()
@@ -40,7 +40,7 @@ def mutual_knn(x, y, k=10):
     x, y = checks.feature_pair(x, y, False, "mutual_knn")
     (neighbours_x, zero_x), (neighbours_y, zero_y) = (nearest_neighbours(x, k, "x", "mutual_knn"),
                                                       nearest_neighbours(y, k, "y", "mutual_knn"))
-    _warn_zero_rows("mutual_knn", [zero_x], [zero_y])
+    checks.warn_flagged_layers("mutual_knn", [zero_x], [zero_y], _ZERO_ROWS)
     value = _overlaps_op(neighbours_x, neighbours_y[None])[0]
     return tf.where(zero_x | zero_y, tf.constant(np.nan, tf.float64), value)
 
@@ -57,7 +57,7 @@ def mutual_knn_matrix(xs, ys=None, k=10):
     matrix = mutual_knn_from_neighbours(neighbours_x, neighbours_y)
     matrix[zero_x, :] = np.nan
     matrix[:, zero_y] = np.nan
-    _warn_zero_rows("mutual_knn_matrix", zero_x, [] if ys is None else zero_y)
+    checks.warn_flagged_layers("mutual_knn_matrix", zero_x, [] if ys is None else zero_y, _ZERO_ROWS)
     return tf.constant(matrix)
 
 
@@ -97,13 +97,3 @@ def _overlaps_op(neighbours_x, neighbours_ys):
     indicator = tf.reduce_sum(tf.one_hot(neighbours_x, n, dtype=tf.float64), axis=1)  # [n, n]
     shared = tf.gather(indicator, tf.transpose(neighbours_ys, [1, 0, 2]), axis=1, batch_dims=1)  # [n, L, k]
     return tf.reduce_sum(shared, axis=[0, 2]) / tf.cast(n * k, tf.float64)
-
-
-def _warn_zero_rows(caller, zero_x, zero_y):
-    if not tf.executing_eagerly():
-        return
-    parts = [f"{name} {np.flatnonzero(np.asarray(flags)).tolist()}" for name, flags in
-             (("layers of x", zero_x), ("layers of y", zero_y)) if np.any(np.asarray(flags))]
-    if parts:
-        warnings.warn(f"{caller}: {' and '.join(parts)} have an all-zero example; cosine similarity is undefined, "
-                      "their mutual k-NN alignment is NaN", RuntimeWarning, stacklevel=4)

@@ -14,8 +14,6 @@ singular values are float64. Cost per pair ``O(n r^2)`` for the product and ``O(
 memory ``L n r`` floats for the factors.
 """
 
-import warnings
-
 import numpy as np
 import tensorflow as tf
 
@@ -23,6 +21,7 @@ from vitcnn_tf.metrics import checks, reference
 from vitcnn_tf.metrics.ops import gram_dtype
 from vitcnn_tf.metrics.precision import full_float32_precision
 
+_CONSTANT = "are constant over the examples; their Procrustes similarity is undefined (NaN)"
 # Pairs whose [r, r] products are formed and decomposed at once by procrustes_matrix (bounds the memory).
 _PAIRS_PER_CHUNK = 64
 
@@ -35,7 +34,7 @@ def procrustes_similarity(x, y):
     x, = checks.require(checks.num_examples(x) >= 2, "procrustes_similarity: x needs at least 2 examples", x)
     factor_x, degenerate_x = _factor_op(x)
     factor_y, degenerate_y = _factor_op(y)
-    _warn_degenerate("procrustes_similarity", [degenerate_x], [degenerate_y])
+    checks.warn_flagged_layers("procrustes_similarity", [degenerate_x], [degenerate_y], _CONSTANT)
     return _pair_op(factor_x, factor_y, degenerate_x | degenerate_y)
 
 
@@ -77,7 +76,7 @@ def procrustes_matrix(xs, ys=None):
     flags_x, flags_y = np.asarray(degenerate_x), np.asarray(degenerate_y)
     matrix[flags_x, :] = np.nan
     matrix[:, flags_y] = np.nan
-    _warn_degenerate("procrustes_matrix", flags_x, [] if ys is None else flags_y)
+    checks.warn_flagged_layers("procrustes_matrix", flags_x, [] if ys is None else flags_y, _CONSTANT)
     return tf.constant(matrix)
 
 
@@ -135,13 +134,3 @@ def _pair_op(factor_x, factor_y, degenerate):
 def _nuclear_norms_op(factors_x, factors_y):
     """``[P]`` nuclear norms of ``F_x^T F_y`` for ``[P, n, r]`` factor pairs."""
     return tf.reduce_sum(tf.linalg.svd(tf.matmul(factors_x, factors_y, transpose_a=True), compute_uv=False), axis=-1)
-
-
-def _warn_degenerate(caller, degenerate_x, degenerate_y):
-    if not tf.executing_eagerly():
-        return
-    parts = [f"{name} {np.flatnonzero(np.asarray(flags)).tolist()}" for name, flags in
-             (("layers of x", degenerate_x), ("layers of y", degenerate_y)) if np.any(np.asarray(flags))]
-    if parts:
-        warnings.warn(f"{caller}: {' and '.join(parts)} are constant over the examples; their Procrustes similarity "
-                      "is undefined (NaN)", RuntimeWarning, stacklevel=4)
