@@ -14,10 +14,11 @@ exists), and ranged options (``--mass``, ``--shots``, ``--block`` ...) are in ra
 with one line naming it and what was expected (exit status 2); ``--debug`` adds the traceback.
 
 A model is named by a *model spec* (``vitcnn_tf.model_specs``): a zoo recipe (``vit``, ``resnet``, ... see
-``python -m experiments.train --list``), trained on first use and cached under ``--zoo-dir``; a saved Keras model
-``path/to/model.keras``; ``PRESET[:key=value,...]=file.npz`` for a published checkpoint
-(``ViT-B/16:representation_size=768,num_classes=21843=ckpt/ViT-B_16.npz``); or a bare ``PRESET[:key=value,...]``
-for a randomly initialised model.
+``python -m experiments.train --list``), shipped trained with the package (or, with ``--zoo-dir DIR``, trained on
+first use and cached there); a saved Keras model ``path/to/model.keras``; ``PRESET[:key=value,...]=file.npz`` for a
+published checkpoint (``ViT-B/16:representation_size=768,num_classes=21843=ckpt/ViT-B_16.npz``); a bare
+``PRESET[:key=value,...]`` for a randomly initialised model; or ``init:<spec>``, the architecture of ``<spec>`` at
+initialisation (the untrained control).
 """
 
 import argparse
@@ -34,10 +35,14 @@ from vitcnn_tf import findings as findings_lib  # noqa: E402
 from vitcnn_tf import model_specs as model_spec_lib  # noqa: E402
 from vitcnn_tf.atomic_io import json_safe  # noqa: E402
 
-DEFAULT_ZOO_DIR = os.path.join("results", "zoo")
+DEFAULT_ZOO_DIR = None  # the trained zoo shipped with the package (vitcnn_tf.zoo.SHIPPED_DIR)
 USER_ERRORS = (ValueError, OSError)  # bad options, missing or unreadable files, a full disk: shown as one line
 STRATEGIES = ("none", "mirrored", "tpu", "multiworker")
 SUMMARY_FILE = "summary.json"
+DEFAULT_SEEDS = (0, 1, 2)
+CONTROLS = ("init", "none")
+CONTROL_FOLDER = "init"
+_MODEL_OPTIONS = ("models", "little_data_models")
 
 
 def add_common_arguments(parser, *, default_models, default_num_examples=1024, default_batch_size=128,
@@ -60,8 +65,16 @@ def add_common_arguments(parser, *, default_models, default_num_examples=1024, d
                         help="examples per minibatch, >= 4 for unbiased HSIC (default: %(default)s)")
     parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     parser.add_argument("--zoo-dir", default=DEFAULT_ZOO_DIR,
-                        help="cache of trained zoo models (default: %(default)s)")
+                        help="folder of a zoo trained from the recipes (trained there on first use); default: the "
+                             "trained zoo shipped with the package")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsets, shuffles and resamples")
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS), metavar="S",
+                        help="training seeds: the analysis runs once per seed, every zoo model replaced by its twin "
+                             "trained with seed S (vit -> vit_seed1; a model without one leaves that run), and the "
+                             "findings are pooled with two-level intervals (default: %(default)s)")
+    parser.add_argument("--control", choices=CONTROLS, default="init",
+                        help="'init' also runs the analysis on the same architectures at initialisation (untrained "
+                             "weights): every finding's control; 'none' skips it (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--strategy", choices=STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
@@ -93,8 +106,8 @@ def add_probe_arguments(parser):
     from vitcnn_tf.paper import linear_probes
 
     parser.add_argument("--shots", type=int, default=10, help="training examples per class (default: %(default)s)")
-    parser.add_argument("--probe-seeds", type=int, nargs="+", default=list(range(10)), metavar="SEED",
-                        help="one few-shot draw per seed (default: 0 .. 9)")
+    parser.add_argument("--probe-seeds", type=int, nargs="+", default=list(range(5)), metavar="SEED",
+                        help="one few-shot draw per seed (default: 0 .. 4)")
     parser.add_argument("--train-pool", type=int, default=512,
                         help="stratified train-split examples the few-shot sets are drawn from (default: %(default)s)")
     parser.add_argument("--l2-reg", type=float, default=probes.DEFAULT_L2_REG,
@@ -129,13 +142,112 @@ def seed_replicates(options):
 
 
 def model_specs(options):
-    """Every model spec ``options`` uses: ``--models``, the replicates of ``--seed-replicates``, then
-    ``--little-data-models``."""
+    """Every model spec ``options`` uses: ``--models``, the replicates of ``--seed-replicates``,
+    ``--little-data-models``, then the seed twins of ``--seeds`` and the initialisation controls of
+    ``--control init`` (:func:`experiment_runs`)."""
     specs = list(getattr(options, "models", []))
     extra = [spec for replicates in seed_replicates(options).values() for spec in replicates]
     extra += list(getattr(options, "little_data_models", None) or [])
+    for _, run_options, skipped in experiment_runs(options, check=False):
+        if not skipped:
+            extra += [spec for option in _MODEL_OPTIONS for spec in getattr(run_options, option, None) or []]
     specs += [spec for spec in dict.fromkeys(extra) if spec not in specs]
     return specs
+
+
+def experiment_runs(options, module=None, *, check=True):
+    """The runs of one experiment: ``[(name, options of the run, why it is skipped or "")]``.
+
+    One run per seed of ``--seeds`` (``"seed<S>"``), whose model options (``--models``, ``--little-data-models``)
+    name each model's twin trained with seed ``S`` (``vitcnn_tf.model_specs.seed_twin``); a model without that twin
+    leaves the run. The first seed's run writes into ``--out``, the others into ``--out/seed<S>``. With
+    ``--control init``, one more run (``"init"``, into ``--out/init``) on every model at initialisation
+    (``vitcnn_tf.model_specs.init_spec``). Every run writes its data files and summary; only the first draws its
+    figures and computes the permutation nulls of the checks (the pooled findings keep the first run's checks). With ``check`` (and ``module``), a run whose reduced models fail the
+    module's own ``check_options`` is skipped with the reason. ``--seed-replicates`` stays with the first run only.
+    """
+    from vitcnn_tf import model_specs as specs_lib
+
+    seeds = list(dict.fromkeys(getattr(options, "seeds", None) or [0]))
+    runs = []
+    for index, seed in enumerate(seeds):
+        out = options.out if index == 0 else os.path.join(options.out, f"seed{seed}")
+        runs.append((f"seed{seed}", *_run_options(options, out, lambda spec, s=seed: specs_lib.seed_twin(spec, s),
+                                                  keep_replicates=index == 0, module=module, check=check)))
+    if getattr(options, "control", "none") == "init":
+        def init(spec):
+            try:
+                return specs_lib.init_spec(spec)
+            except ValueError:
+                return None
+        runs.append((CONTROL_FOLDER, *_run_options(options, os.path.join(options.out, CONTROL_FOLDER), init,
+                                                   keep_replicates=False, module=module, check=check)))
+    return runs
+
+
+def _run_options(options, out, twin, *, keep_replicates, module, check):
+    """``(options of one run, why it is skipped or "")``: every model option mapped through ``twin`` (None: the
+    model leaves the run, with its little-data twin at the same position)."""
+    run_options = argparse.Namespace(**vars(options))
+    run_options.out, run_options.seeds, run_options.control = out, [0], "none"
+    run_options.figures = keep_replicates  # only the first run draws its figures
+    if not keep_replicates and hasattr(options, "null_permutations"):
+        run_options.null_permutations = 0  # the pooled findings keep the first run's checks
+    if not keep_replicates and hasattr(options, "seed_replicates"):
+        run_options.seed_replicates = []
+    models = [twin(spec) for spec in options.models]
+    little = getattr(options, "little_data_models", None)
+    little = None if little is None else [twin(spec) for spec in little]
+    keep = [i for i, spec in enumerate(models) if spec is not None and (little is None or i >= len(little)
+                                                                        or little[i] is not None)]
+    dropped = [options.models[i] for i in range(len(models)) if i not in keep]
+    run_options.models = [models[i] for i in keep]
+    if little is not None:
+        run_options.little_data_models = [little[i] for i in keep if i < len(little)]
+    if not run_options.models and (options.models or not keep_replicates):
+        return run_options, "no model has this twin" if options.models else "the experiment takes no models"
+    if check and dropped and hasattr(module, "check_options"):
+        try:
+            module.check_options(run_options)
+        except UserError as error:
+            return run_options, f"without {', '.join(dropped)} (no such twin): {error}"
+    return run_options, ""
+
+
+def run_experiment(module, options):
+    """Runs ``module.run`` once per run of :func:`experiment_runs` and returns the first run's summary (as it is when
+    no other run takes place) with the findings pooled over the seeds, each with its control (``vitcnn_tf.findings.pool_seeds``; the claims of
+    ``vitcnn_tf.claims`` say which are about learning), and ``runs``: every run's name, seed, folder, models and
+    why it was skipped. The pooled summary replaces the first run's ``summary.json``."""
+    from vitcnn_tf import claims
+
+    runs = experiment_runs(options, module)
+    summaries, listing = {}, []
+    for name, run_options, skipped in runs:
+        if not skipped:
+            summaries[name] = module.run(run_options)
+        listing.append({"name": name, "folder": os.path.relpath(run_options.out, options.out),
+                        "models": run_options.models, "skipped": skipped})
+    first = runs[0][0]
+    if first not in summaries:
+        raise UserError(f"--seeds {options.seeds[0]}: {runs[0][2]}")
+    if len(summaries) == 1:  # nothing to pool: no other seed, no control
+        return summaries[first]
+    by_run = {name: {item["key"]: findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])}
+              for name, summary in summaries.items()}
+    control = by_run.get(CONTROL_FOLDER, {})
+    pooled = []
+    for key in by_run[first]:
+        per_seed = {int(name[len("seed"):]): found[key] for name, found in by_run.items()
+                    if name != CONTROL_FOLDER and key in found}
+        learned = key in claims.CLAIMS and claims.CLAIMS[key].learned
+        item = findings_lib.pool_seeds(per_seed, control=control.get(key), learned=learned,
+                                       seed=options.seed).to_dict()
+        if item["control"] is not None:
+            item["control"]["models"] = list(summaries[CONTROL_FOLDER].get("models", {}))
+        pooled.append(item)
+    summary = {**summaries[first], "findings": pooled, "runs": listing}
+    return write_summary(options, summary)
 
 
 def distribution_strategy(options):
@@ -245,9 +357,9 @@ def check_options(module, options, *, check_out=True):
 
 
 def spec_config(spec, options, option="--models"):
-    """The config dataclass of the model named by ``spec`` (a zoo recipe, a preset or a checkpoint) without
-    building it; None for a ``.keras`` file (checked when loaded). UserError naming ``option`` for a spec that names
-    no model or a missing file."""
+    """The config dataclass of the model named by ``spec`` (a zoo recipe, a preset, a checkpoint or the init spec of
+    one) without building it; None for a ``.keras`` file (checked when loaded). UserError naming ``option`` for a
+    spec that names no model or a missing file (an init spec needs no file)."""
     from vitcnn_tf import zoo
     from vitcnn_tf.models import registry
 
@@ -255,8 +367,10 @@ def spec_config(spec, options, option="--models"):
         parsed = model_spec_lib.parse_model_spec(spec)
         if parsed.path is not None and not os.path.isfile(parsed.path):
             raise UserError(f"{option} {spec}: no file {parsed.path!r} (absolute: {os.path.abspath(parsed.path)})")
+        if parsed.kind == "init":
+            parsed = parsed.inner
         if parsed.kind == "zoo":
-            return zoo.model_config(spec, data_dir=getattr(options, "data_dir", None))
+            return zoo.model_config(parsed.text, data_dir=getattr(options, "data_dir", None))
         if parsed.kind == "keras":
             return None
         return registry.model_config(parsed.preset, **parsed.overrides)
@@ -369,7 +483,8 @@ def load_models(specs, options):
 
 
 def zoo_test_accuracy(spec, options):
-    """The test accuracy in the zoo record of recipe ``spec`` (full test split), or None for other specs."""
+    """The test accuracy in the zoo record of recipe ``spec`` (full test split; the shipped zoo's record for
+    ``--zoo-dir`` None), or None for other specs and recipes not trained in the ``--zoo-dir`` folder."""
     from vitcnn_tf import zoo
 
     if spec not in zoo.RECIPES:
@@ -423,7 +538,7 @@ def main(module, argv=None):
     options = parser.parse_args(argv)
     with user_errors(parser, getattr(options, "debug", False)):
         check_options(module, options)
-        summary = module.run(options)
+        summary = run_experiment(module, options)
     found = [findings_lib.Finding.from_dict(item) for item in summary.get("findings", [])]
     if found:
         print(findings_lib.findings_table(found))
@@ -439,8 +554,9 @@ def write_summary(options, summary):
 
 def write_result(options, result, *, models=None, started=None, dpi=120):
     """Write a :class:`vitcnn_tf.paper.result.SectionResult` into ``options.out``, atomically: one ``<stem>.npz``
-    per array group, one ``<stem>.json`` per table, every figure as drawn, and ``summary.json`` last (see
-    :func:`write_summary`); returns the JSON-safe summary.
+    per array group, one ``<stem>.json`` per table, every figure as drawn (none when ``options.figures`` is false:
+    the runs of other seeds and the control), and ``summary.json`` last (see :func:`write_summary`); returns the
+    JSON-safe summary.
 
     ``models`` (``{label: model spec}``) is recorded first in the summary, and the seconds since ``started`` (a
     ``time.perf_counter()`` value, rounded to 0.1 s) last."""
@@ -454,7 +570,7 @@ def write_result(options, result, *, models=None, started=None, dpi=120):
         atomic_io.save_npz(os.path.join(options.out, f"{stem}.npz"), **arrays)
     for stem, table in result.tables.items():
         atomic_io.write_json(os.path.join(options.out, f"{stem}.json"), json_safe(table)[0])
-    for figure_spec in result.figures:
+    for figure_spec in result.figures if getattr(options, "figures", True) else ():
         figure = figure_spec.draw()
         atomic_io.save_figure(figure, os.path.join(options.out, figure_spec.file), dpi=dpi)
         plt.close(figure)
@@ -465,6 +581,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _seed(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text}")
     return value
 
 

@@ -6,8 +6,10 @@
     python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset image_folder --data-dir imgs/ \
         --num-examples 64 --num-examples sec5_receptive=8 --model gap_vit=ViT-B/16:classifier=gap=gap.npz
 
-The work: the zoo models the stages use that are not cached yet (CPU preset only; each cached under
-``--zoo-dir`` as ``python -m experiments.train`` does), and one stage per experiment module
+The work: the CPU preset's models come from the trained zoo shipped with the package (every record checked
+against its weights and recipe before any stage runs; a mismatch is an error naming the file); with ``--zoo-dir DIR``
+or ``--retrain-zoo`` the zoo models the stages use that are not in that folder yet are trained there first, as
+``python -m experiments.train`` does. Then one stage per experiment module
 (``sec4_representation_structure`` ... ``sec8_data_scale``). They run in ``--jobs`` single-threaded worker
 processes (default: one per CPU for the CPU preset; ``vitcnn_tf.parallel``), each stage as soon as its models are
 trained, the longest jobs first; ``--jobs 1`` runs everything in this process with progress bars. A worker dies
@@ -192,7 +194,7 @@ STAGES = (
           PaperStage(("vit_b16", "vit_l16", "bit_r50", "mixer_b16"), optional=("vit_l16", "mixer_b16"),
                      figures=(("1", ("vit_b16", "bit_r50")), ("2", ("vit_b16", "bit_r50")),
                               ("2 (ViT-L/16)", ("vit_l16",)), ("H", ("mixer_b16",))),
-                     batch_size=32, min_batches=2, extra=(("--taps", "blocks"),)), expected_seconds=50),
+                     batch_size=32, min_batches=2, extra=(("--taps", "blocks"),)), expected_seconds=120),
     Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)",
           PaperStage(("augreg_b16_i21k", "augreg_l16_i21k"), optional=("augreg_l16_i21k",),
                      twins=("--little-data-models", ("augreg_b16_i1k", "augreg_l16_i1k")),
@@ -200,29 +202,29 @@ STAGES = (
                               ("4", ("augreg_b16_i1k", "augreg_l16_i1k"))),
                      batch_size=64, num_examples=5000,
                      source="Section 5: 'we weight the pixel distances by the attention weights ... and average "
-                            "over 5000 datapoints'"), expected_seconds=30),
+                            "over 5000 datapoints'"), expected_seconds=35),
     Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("5", ("vit_b16", "bit_r50")),), batch_size=32,
-                     min_batches=2), expected_seconds=55),
+                     min_batches=2), expected_seconds=45),
     # 6 of the ViT's blocks and 4 random channels per image and layer: 12 + 4 taps at 5 passes each (one forward,
     # 4 backward) per 32 images, under 30 minutes on a 2-core CPU (docs/reproduction.md).
     Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("6", ("vit_b16", "bit_r50")), ("C", ("vit_b16",))),
                      batch_size=32, num_examples=32, extra=(("--num-blocks", "6"), ("--max-channels", "4")),
                      source="Figure 6: 'Results are averaged across all channels in each map for 32 "
-                            "randomly-selected images'"), expected_seconds=80),
+                            "randomly-selected images'"), expected_seconds=100),
     Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("7", ("vit_b16", "bit_r50")),), batch_size=32),
-          expected_seconds=65),
+          expected_seconds=75),
     Stage("sec7_localization", "7", "Localization (Figures 9, 10)",
           PaperStage(_CLS_GAP, optional=("gap_vit",), figures=(("9", ("vit_b16", "bit_r50")), ("10", ("gap_vit",))),
-                     batch_size=32), expected_seconds=45),
+                     batch_size=32), expected_seconds=60),
     Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)",
           PaperStage(_CLS_GAP, optional=("gap_vit",),
                      figures=(("11", ("vit_b16", "bit_r50")), ("11 (GAP ViT)", ("gap_vit",))), batch_size=64,
                      extra=(("--shots", "10"),),
                      source="Figure 11: 'linear classifiers on 10-shot ImageNet classification' (10 per class)"),
-          expected_seconds=45),
+          expected_seconds=70),
     Stage("sec8_data_scale", "8", "Effects of data scale (Figures 12, 13)",
           PaperStage(("augreg_b16_i1k", "augreg_b16_i21k"),
                      figures=(("12", ("augreg_b16_i1k", "augreg_b16_i21k")),
@@ -230,7 +232,7 @@ STAGES = (
                      batch_size=32, min_batches=2,
                      extra=(("--fractions", str(IMAGENET1K_FRACTION), "1"),
                             ("--data-names", "ImageNet-1k", "ImageNet-21k"), ("--shots", "10"))),
-          expected_seconds=185),
+          expected_seconds=55),
 )
 PAPER_SKIPPED_FIGURES = (
     ("8", "needs ViTs trained without the skip connections of one block; no such checkpoints are published, so "
@@ -239,6 +241,7 @@ PAPER_SKIPPED_FIGURES = (
                           "ImageNet-1k AugReg ViT-B/16 with its ImageNet-21k twin instead"),
 )
 PRESETS = ("cpu", "paper")
+CONTROL_PREFIX = "init:"  # model specs of the untrained controls (vitcnn_tf.model_specs.init_spec)
 
 
 UserError = common.UserError
@@ -266,7 +269,12 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=None,
                         help="minibatch of every stage (default: the stage's, or one that fits the paper's models "
                              "on a 16 GB GPU with --preset paper); shrunk to fit a smaller --num-examples")
-    parser.add_argument("--zoo-dir", default=common.DEFAULT_ZOO_DIR, help="cache of the CPU zoo (default: %(default)s)")
+    parser.add_argument("--zoo-dir", default=common.DEFAULT_ZOO_DIR,
+                        help="folder of a zoo trained from the recipes (trained there on first use); default: the "
+                             "trained zoo shipped with the package")
+    parser.add_argument("--retrain-zoo", action="store_true",
+                        help=f"train the zoo from its recipes into --zoo-dir (default {_zoo_train_dir()}), "
+                             "reusing valid entries there, instead of the shipped weights")
     parser.add_argument("--strategy", choices=common.STRATEGIES, default="none",
                         help="tf.distribute strategy for extraction and CKA accumulation (default: none)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -489,8 +497,9 @@ def plan_stages(args, stages, setup):
         module = stage.load()
         parser = module.build_parser()
         defaults = parser.parse_args([])
-        argv = ["--out", os.path.join(args.out, stage.name), "--zoo-dir", args.zoo_dir, "--dataset", setup.dataset,
-                "--split", setup.split]
+        argv = ["--out", os.path.join(args.out, stage.name), "--dataset", setup.dataset, "--split", setup.split]
+        if args.zoo_dir is not None:
+            argv += ["--zoo-dir", args.zoo_dir]
         if args.data_dir:
             argv += ["--data-dir", args.data_dir]
         if not args.progress:
@@ -725,7 +734,7 @@ def run_stage(plan):
     options.out = atomic_io.fresh_sibling(target)
     start = time.perf_counter()
     try:
-        summary = module.run(options)
+        summary = common.run_experiment(module, options)
         seconds = time.perf_counter() - start
         record = {"format": STAGE_FORMAT, "stage": stage.name, "fingerprint": fingerprint, "run": plan.run,
                   "command": _command(module, plan.argv),
@@ -772,7 +781,7 @@ def run_pipeline(args, plans, progress):
     needed = list(dict.fromkeys(recipe for recipes in recipes_of.values() for recipe in recipes))
     verbose = "auto" if args.jobs == 1 and args.progress else 0  # progress bars in this process only
     tasks = [zoo.training_task(recipe, args.zoo_dir, data_dir=args.data_dir, verbose=verbose, name=f"zoo/{recipe}")
-             for recipe in needed if zoo.cached_record(recipe, args.zoo_dir) is None]
+             for recipe in needed if args.zoo_dir is not None and zoo.cached_record(recipe, args.zoo_dir) is None]
     trainings = {task.name for task in tasks}
     tasks += [parallel.Task(plan.stage.name, run_stage, (plan,),
                             after=tuple(f"zoo/{r}" for r in recipes_of[plan.stage.name] if f"zoo/{r}" in trainings),
@@ -793,6 +802,38 @@ def run_pipeline(args, plans, progress):
     zoo_status = {recipe: "trained" if f"zoo/{recipe}" in results else
                   "failed" if f"zoo/{recipe}" in trainings else "cached" for recipe in needed}
     return records, zoo_status
+
+
+def check_shipped_zoo(args, plans):
+    """With the shipped zoo (``--zoo-dir`` not given, CPU preset), checks every recipe the planned stages use
+    against its record (``vitcnn_tf.zoo.cached_record``); UserError naming the file of the first mismatch."""
+    from vitcnn_tf import zoo
+
+    if args.preset != "cpu" or args.zoo_dir is not None:
+        return
+    needed = dict.fromkeys(spec for plan in plans if plan.argv for _, spec in plan.models if spec in zoo.RECIPES)
+    for recipe in needed:
+        try:
+            zoo.cached_record(recipe, None)
+        except zoo.ShippedZooError as error:
+            raise UserError(common.one_line(error)) from None
+
+
+def _zoo_train_dir():
+    from vitcnn_tf import zoo
+
+    return zoo.DEFAULT_TRAIN_DIR
+
+
+def _zoo_record(name, zoo_dir):
+    """The zoo record of recipe ``name`` for the report (:func:`vitcnn_tf.zoo.cached_record`); None for a shipped
+    recipe that is absent or invalid (a run that uses it stops before any stage, :func:`check_shipped_zoo`)."""
+    from vitcnn_tf import zoo
+
+    try:
+        return zoo.cached_record(name, zoo_dir)
+    except zoo.ShippedZooError:
+        return None
 
 
 def failure_line(text):
@@ -957,7 +998,8 @@ def build_report(args, setup, rows, seconds):
             found_seconds, count = record["seconds"], record.get("num_examples")
             skipped += [tuple(item) for item in record.get("lost_figures", [])]
             for model in record.get("models", []):
-                models.setdefault(model["name"], model)
+                if not model["name"].startswith(CONTROL_PREFIX):  # the untrained controls have no weights file
+                    models.setdefault(model["name"], model)
         elif result is not None:
             status, note, summary, found_seconds, count = result["status"], result["note"], {}, result["seconds"], None
             skipped += list(plan.lost)
@@ -976,10 +1018,12 @@ def build_report(args, setup, rows, seconds):
     else:
         model_rows = []
         for name, model in models.items():
-            cached = zoo.cached_record(name, args.zoo_dir) if name in zoo.RECIPES else None
+            cached = _zoo_record(name, args.zoo_dir) if name in zoo.RECIPES else None
             same = cached is not None and cached.get("weights_sha256") == model["sha256"]
+            init = name.startswith(model_specs.INIT_PREFIX)
             model_rows.append(report_lib.ModelRecord(
-                name, f"zoo recipe {name}", sha256=model["sha256"], status="trained",
+                name, f"initialisation of {name[len(model_specs.INIT_PREFIX):]}" if init else f"zoo recipe {name}",
+                sha256=model["sha256"], status="untrained" if init else "trained",
                 accuracy=cached["test_accuracy"] if same else None,
                 train_seconds=cached["wall_time_seconds"] if same else None))
         model_rows = tuple(model_rows)
@@ -1027,6 +1071,7 @@ def main(argv=None):
             stages = selected_stages(args.only)
             setup = check_inputs(args, stages)
             plans = plan_stages(args, stages, setup)
+            check_shipped_zoo(args, plans)
         print(plan_text(args, plans, setup), flush=True)
         if removed:
             print(f"removed {len(removed)} temporary file(s) or folder(s) left by an interrupted run", flush=True)
@@ -1054,6 +1099,8 @@ def _check_arguments(args):
         raise UserError(f"--jobs {args.jobs}: expected at least 1")
     if args.jobs > 1:
         args.progress = False  # the stages' own progress bars only in this process
+    if args.retrain_zoo and args.zoo_dir is None:
+        args.zoo_dir = _zoo_train_dir()
     if args.preset == "paper" and not args.checkpoints:
         raise UserError("--checkpoints: --preset paper needs --checkpoints DIR with the published .npz files")
     if args.preset == "cpu" and args.model:

@@ -17,8 +17,9 @@ Outputs in ``--out`` (default ``results/sec4_representation_structure``), writte
   seeds_<a>_<b>.npz / .png / .json     CKA between two trained seeds of a model (with --seed-replicates)
   summary.json                         settings, per-map summaries, the findings and the figures
 
-Seeds: ``--seed-replicates`` (default ``vit=vit_seed1 resnet=resnet_seed1``, the zoo's second seeds) adds models
-trained like a model of ``--models`` with another seed; the findings become means over the seed pairs.
+Seeds: ``--seeds`` (default 0 1 2) runs the whole analysis once per trained seed and pools the findings (see
+``experiments.common.run_experiment``). ``--seed-replicates MODEL=SPEC`` instead puts another seed of a model into
+the same heatmaps (``seeds_<a>_<b>``); the findings then become means over the seed pairs.
 
     python -m experiments.sec4_representation_structure
     python -m experiments.sec4_representation_structure --models vit resnet --num-examples 1024 --passes 2
@@ -34,14 +35,13 @@ from experiments import common
 from vitcnn_tf.paper import representation_structure
 
 DEFAULT_MODELS = ("vit", "resnet", "mixer")
-DEFAULT_SEED_REPLICATES = ("vit=vit_seed1", "resnet=resnet_seed1")
 DEFAULT_EXCLUDE = representation_structure.DEFAULT_EXCLUDE
 DEFAULT_OUT = os.path.join("results", "sec4_representation_structure")
 
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec4_representation_structure")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=2000,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=750,
                                 default_batch_size=125, default_out=DEFAULT_OUT)
     parser.add_argument("--passes", type=common._positive_int, default=1,
                         help="shuffled passes over the examples (Nguyen et al.; default: %(default)s)")
@@ -53,7 +53,7 @@ def build_parser():
                              "default: %(default)s)")
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,
                         help="bootstrap resamples of the findings' intervals (default: %(default)s)")
-    common.add_seed_replicates_argument(parser, DEFAULT_SEED_REPLICATES)
+    common.add_seed_replicates_argument(parser, ())
     parser.add_argument("--measure", choices=tuple(representation_structure.MEASURES), default="cka",
                         help="similarity measure of the maps; procrustes and mutual_knn (k = 10) use the "
                              "--check-examples subset (default: %(default)s)")

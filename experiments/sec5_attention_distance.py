@@ -38,7 +38,7 @@ DEFAULT_OUT = os.path.join("results", "sec5_attention_distance")
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec5_attention_distance")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=2000,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=1000,
                                 default_batch_size=250, default_out=DEFAULT_OUT)
     parser.add_argument("--little-data-models", nargs="+", default=None, metavar="SPEC",
                         help="ViTs trained with less data, the i-th the twin of the i-th of --models (default: "

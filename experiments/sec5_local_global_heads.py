@@ -33,7 +33,7 @@ DEFAULT_OUT = os.path.join("results", "sec5_local_global_heads")
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec5_local_global_heads")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=2000,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=1000,
                                 default_batch_size=125, default_out=DEFAULT_OUT)
     parser.add_argument("--block", type=int, default=0, help="ViT encoder block of the heads (default: %(default)s)")
     parser.add_argument("--window-sizes", type=common._positive_int, nargs="+", default=None, metavar="K",

@@ -2,7 +2,7 @@
 
 The command line of :mod:`vitcnn_tf.paper.receptive_fields` (see it for the method, the taps, the cost and the
 finding): ``--num-examples`` images (default 32, as the paper) of the test split, a random subset of
-``--max-channels`` channels per image and layer (default 16; ``0`` = all), ``--num-blocks`` evenly spaced blocks
+``--max-channels`` channels per image and layer (default 8; ``0`` = all), ``--num-blocks`` evenly spaced blocks
 of each ViT or Mixer (default all), ``--batch-size`` images per gradient call. The cost is
 ``max_channels * ceil(num_examples / batch_size)`` backward passes per layer whatever its width.
 
@@ -37,11 +37,12 @@ def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec5_receptive_fields")
     common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=32,
                                 default_batch_size=32, default_out=DEFAULT_OUT)
-    parser.add_argument("--max-channels", type=int, default=16,
+    parser.add_argument("--max-channels", type=int, default=8,
                         help="random channels per image and layer whose gradients are averaged (0: all; default: "
                              "%(default)s)")
-    parser.add_argument("--num-blocks", type=common._positive_int, default=None,
-                        help="evenly spaced blocks of each ViT or Mixer, the first and last included (default: all)")
+    parser.add_argument("--num-blocks", type=common._positive_int, default=3,
+                        help="evenly spaced blocks of each ViT or Mixer, the first and last included (default: "
+                             "%(default)s)")
     parser.add_argument("--mass", type=float, default=0.5,
                         help="mass fraction inside the square that defines the extent (default: %(default)s)")
     parser.add_argument("--num-resamples", type=common._positive_int, default=1000,

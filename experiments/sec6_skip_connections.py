@@ -37,7 +37,7 @@ DEFAULT_MODELS = ("vit", "resnet", "mixer", "vit_noskip_early", "vit_noskip_mid"
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec6_skip_connections")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=1024, default_batch_size=64,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=512, default_batch_size=64,
                                 default_out=os.path.join("results", "sec6_skip_connections"))
     parser.add_argument("--bootstrap-resamples", type=int, default=1000,
                         help="bootstrap resamples of every interval (default: %(default)s)")

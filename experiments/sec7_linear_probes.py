@@ -32,7 +32,7 @@ DEFAULT_MODELS = ("vit", "vit_gap", "resnet")
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec7_linear_probes")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=1024,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=512,
                                 default_out=os.path.join("results", "sec7_linear_probes"))
     common.add_probe_arguments(parser)
     parser.add_argument("--token-grid", type=int, default=4,

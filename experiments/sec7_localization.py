@@ -29,7 +29,7 @@ DEFAULT_MODELS = ("vit", "vit_gap", "resnet")
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec7_localization")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=512,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=256,
                                 default_out=os.path.join("results", "sec7_localization"))
     parser.add_argument("--patch-size", type=int, default=None,
                         help="input patch side in pixels (default: the CLS ViT's patch size)")

@@ -2,8 +2,8 @@
 
 The command line of :mod:`vitcnn_tf.paper.data_scale` (see it for the statistics and the finding). ``--models``
 holds, per architecture, one large-data model (fraction 1, the reference) and small-data models (default: the
-zoo's ``vit_data3``, ``vit_data10``, ``vit_data30``, ``vit``, and the same for ``resnet``); models are grouped by
-architecture from their config. The fraction of the largest training set each saw comes from the zoo recipe (no
+zoo's ``vit_data3``, ``vit_data10``, ``vit_data30`` and ``vit``); models are grouped by architecture from their
+config. The fraction of the largest training set each saw comes from the zoo recipe (no
 fraction = 1); for other specs give ``--fractions`` in the order of ``--models`` (e.g. an ImageNet-21k ViT-B/16
 and its ImageNet-1k twin: ``--fractions 1 0.09``) and optionally ``--data-names`` for the legends. The CKA and
 the probes' test set are ``--num-examples`` stratified examples of the evaluation split; the few-shot sets are
@@ -27,15 +27,15 @@ import time
 
 from experiments import common
 from vitcnn_tf import data as data_lib
+from vitcnn_tf import model_specs
 from vitcnn_tf.paper import data_scale
 
-DEFAULT_MODELS = ("vit_data3", "vit_data10", "vit_data30", "vit",
-                  "resnet_data3", "resnet_data10", "resnet_data30", "resnet")
+DEFAULT_MODELS = ("vit_data3", "vit_data10", "vit_data30", "vit")
 
 
 def build_parser():
     parser = common.new_parser(__doc__, "python -m experiments.sec8_data_scale")
-    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=1024, default_batch_size=64,
+    common.add_common_arguments(parser, default_models=DEFAULT_MODELS, default_num_examples=512, default_batch_size=64,
                                 default_out=os.path.join("results", "sec8_data_scale"))
     parser.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
                         help="fraction of the largest training set each model of --models saw, in order (1: the "
@@ -51,6 +51,17 @@ def build_parser():
     return parser
 
 
+def check_options(options):
+    """Every model has a fraction, and some model saw all the data (1) and some less (before any model is loaded)."""
+    try:
+        fractions = model_fractions(options)
+    except ValueError as error:
+        raise common.UserError(str(error)) from None
+    if not any(fraction == 1 for fraction in fractions) or all(fraction == 1 for fraction in fractions):
+        raise common.UserError(f"--models {' '.join(options.models)}: expected a large-data model (fraction 1) and "
+                               f"at least one small-data model (fraction < 1), got fractions {fractions}")
+
+
 def model_fractions(options):
     """The training-data fraction of every spec of ``--models``."""
     if options.fractions is not None:
@@ -59,10 +70,11 @@ def model_fractions(options):
         return list(options.fractions)
     from vitcnn_tf import zoo
 
-    unknown = [spec for spec in options.models if spec not in zoo.RECIPES]
+    recipes = [model_specs.recipe_name(spec) for spec in options.models]
+    unknown = [spec for spec, recipe in zip(options.models, recipes) if recipe is None]
     if unknown:
         raise ValueError(f"--fractions is required when --models are not zoo recipes ({unknown})")
-    return [zoo.RECIPES[spec].fraction or 1.0 for spec in options.models]
+    return [zoo.RECIPES[recipe].fraction or 1.0 for recipe in recipes]
 
 
 def run(options):

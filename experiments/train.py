@@ -1,7 +1,9 @@
 """Train (or load from the cache) the CPU-scale model zoo: ``python -m experiments.train --all``.
 
-Each recipe of ``vitcnn_tf.zoo.RECIPES`` is trained on first use and cached under ``--results-dir``
-(``<dir>/<recipe>/model.npz`` + ``record.json``); later runs reuse it unless ``--retrain``. Missing recipes train
+Each recipe of ``vitcnn_tf.zoo.RECIPES`` is trained on first use and cached under ``--results-dir`` (default
+``results/zoo``; ``<dir>/<recipe>/model.npz`` + ``record.json``); later runs reuse it unless ``--retrain``.
+``--ship`` then copies the verified entries into the package's shipped zoo (``vitcnn_tf.zoo.ship``):
+``python -m experiments.train --all --results-dir DIR --ship`` makes the zoo that ships. Missing recipes train
 in ``--jobs`` single-threaded worker processes (default: one per CPU), the longest first, with a line per finished
 recipe; ``--jobs 1`` trains in this process with one progress bar per training (the time left included). A table
 of recipe / test accuracy / train accuracy / training wall and CPU time is printed at the end (the times are those
@@ -21,8 +23,11 @@ def main(argv=None):
                         help="a zoo recipe to train or load (repeatable); see --list")
     parser.add_argument("--all", action="store_true", help="every recipe of the zoo")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
-    parser.add_argument("--results-dir", default=zoo.DEFAULT_RESULTS_DIR,
-                        help="cache folder of the zoo (default: %(default)s)")
+    parser.add_argument("--results-dir", default=None,
+                        help=f"cache folder of the zoo (default: {zoo.DEFAULT_TRAIN_DIR})")
+    parser.add_argument("--ship", action="store_true",
+                        help="then copy the recipes' verified entries from --results-dir (required) into the "
+                             "package's shipped zoo")
     parser.add_argument("--retrain", action="store_true", help="train even when a valid cached entry exists")
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir (for tfds recipes)")
     parser.add_argument("--cache-dir", default=None,
@@ -45,6 +50,9 @@ def main(argv=None):
 
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.ship and args.results_dir is None:
+        parser.error("--ship: give --results-dir DIR, the folder whose trained zoo is shipped")
+    results_dir = zoo.DEFAULT_TRAIN_DIR if args.results_dir is None else args.results_dir
     start = time.perf_counter()
 
     def report(name, record, trained):
@@ -52,10 +60,15 @@ def main(argv=None):
         print(f"[{time.perf_counter() - start:5.0f} s] {name}: {status}, test accuracy {record['test_accuracy']:.3f}",
               flush=True)
 
-    outcome = zoo.train_recipes(names, args.results_dir, num_workers=args.jobs, retrain=args.retrain,
+    outcome = zoo.train_recipes(names, results_dir, num_workers=args.jobs, retrain=args.retrain,
                                 data_dir=args.data_dir, cache_dir=args.cache_dir, on_done=report)
     print(format_table([(name, *outcome[name]) for name in outcome]))
     print(f"total wall time of this run: {time.perf_counter() - start:.0f} s")
+    if args.ship:
+        with common.user_errors(parser):
+            zoo.ship(results_dir, names)
+        print(f"shipped {len(names)} recipe(s) into {zoo.SHIPPED_DIR} ({zoo.shipped_size_bytes() / 1e6:.1f} MB in "
+              "all)")
     return 0
 
 

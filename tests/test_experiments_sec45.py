@@ -15,7 +15,7 @@ from experiments import common, sec4_representation_structure as sec4
 from experiments import sec5_attention_distance as sec5_distance
 from experiments import sec5_local_global_heads as sec5_heads
 from experiments import sec5_receptive_fields as sec5_erf
-from vitcnn_tf import plotting
+from vitcnn_tf import claims, plotting
 from vitcnn_tf.models import Mixer, MixerConfig, ResNetV2, ResNetV2Config, ViT, ViTConfig
 from vitcnn_tf.paper import attention_distance, representation_structure
 
@@ -117,8 +117,6 @@ def test_attention_distance_command_line(tiny_models, tmp_path):
                            "attention_distances_less_data.png", "attention_heads_vit.png",
                            "attention_heads_vit#2.png", "attention_spread.png", "summary.json"])
     check_findings(summary, ["lower_layers_mix_local_and_global_heads", "less_data_no_local_heads"])
-    # Two copies of one model: the little-data-minus-full-data difference is exactly zero.
-    assert summary["findings"][1]["value"] == summary["findings"][1]["low"] == summary["findings"][1]["high"] == 0
     assert summary["little_data_models"] == {"vit": "vit#2"}
     models = common.load_models([tiny_models["vit"]], options)
     result = attention_distance.run(models, common.evaluation_data(options, IMAGE_SIZE), num_resamples=50)
@@ -126,6 +124,16 @@ def test_attention_distance_command_line(tiny_models, tmp_path):
     np.testing.assert_allclose(saved["vit.per_example"], result.arrays["attention_distances"]["vit.per_example"],
                                rtol=1e-6)
     assert saved["vit.per_example"].shape == (32, 2, 4)
+    # Two copies of one model: both have the same smallest ratio r in block 0 (of 2 blocks), so the statistic
+    # min(0.5 - r, r - 0.5) is -|r - 0.5|, with r from the saved distances and the uniform distance of the 4 x 4
+    # grid of 4 px patches.
+    cells = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), axis=-1).reshape(-1, 2)
+    uniform = 4 * np.linalg.norm(cells[:, None] - cells[None], axis=-1).mean()
+    smallest = saved["vit.per_example"].mean(axis=0)[0].min() / uniform
+    less = summary["findings"][1]
+    assert less["value"] == pytest.approx(-abs(smallest - 0.5), rel=1e-6)
+    assert less["detail"]["little_minus_full_min_ratio"] == 0.0
+    assert (less["threshold"], less["direction"]) == claims.threshold("less_data_no_local_heads")
     assert result.findings[0].value == pytest.approx(summary["findings"][0]["value"], rel=1e-6)
 
 
@@ -143,7 +151,8 @@ def test_head_subset_command_line(tiny_models, tmp_path):
 def test_receptive_field_command_line(tiny_models, tmp_path):
     options = sec5_erf.build_parser().parse_args([
         "--models", tiny_models["vit"], tiny_models["resnet"], "--out", str(tmp_path), "--dataset", "digits",
-        "--num-examples", "8", "--batch-size", "8", "--max-channels", "2", "--num-blocks", "1", "--num-resamples", "50", "--no-progress"])
+        "--num-examples", "8", "--batch-size", "8", "--max-channels", "2", "--num-blocks", "1", "--num-resamples", "50",
+        "--no-progress"])
     summary = sec5_erf.run(options)
     check_files(tmp_path, ["erf_maps.npz", "erf_maps_vit.png", "erf_maps_resnet.png",
                            "erf_maps_vit_before_residual.png", "erf_extent.png", "receptive_fields.json",

@@ -15,6 +15,7 @@ from experiments import sec6_skip_connections as sec6
 from experiments import sec7_linear_probes as sec7_probes
 from experiments import sec7_localization as sec7_loc
 from experiments import sec8_data_scale as sec8
+from vitcnn_tf import claims
 from vitcnn_tf.models import get_model
 from vitcnn_tf.paper import common as common_paper
 
@@ -64,6 +65,13 @@ def tiny_models(tmp_path_factory):
     return paths
 
 
+def assert_claim_thresholds(summary):
+    """Every written finding states its claim's effect size (``vitcnn_tf.claims``) as threshold and direction."""
+    assert summary["findings"]
+    for finding in summary["findings"]:
+        assert (finding["threshold"], finding["direction"]) == claims.threshold(finding["key"]), finding["key"]
+
+
 def loaded(tiny_models, names):
     return {name: keras.saving.load_model(tiny_models[name]) for name in names}
 
@@ -92,7 +100,7 @@ def test_sec7_roles_come_from_the_configs(tiny_models):
 
 def test_sec8_fractions_from_the_zoo_recipes_or_the_option():
     parser = sec8.build_parser()
-    assert sec8.model_fractions(parser.parse_args([])) == [0.03, 0.1, 0.3, 1.0, 0.03, 0.1, 0.3, 1.0]
+    assert sec8.model_fractions(parser.parse_args([])) == [0.03, 0.1, 0.3, 1.0]  # vit_data3 .. vit
     options = parser.parse_args(["--models", "a.keras", "b.keras", "--fractions", "1", "0.09"])
     assert sec8.model_fractions(options) == [1.0, 0.09]
     with pytest.raises(ValueError, match="--fractions is required"):
@@ -129,6 +137,7 @@ def test_sec6_writes_the_result(tiny_models, tmp_path):
         "vit_skip_branch_dominates", "cls_spatial_phase_change", "skip_removal_partitions_representation"]
     assert summary["findings"][2]["detail"]["models"] == ["vit_noskip_mid", "vit"]  # block 2 of 0..3: most central
     assert summary["findings"][0]["detail"]["dataset"] == "digits"
+    assert_claim_thresholds(summary)
     with np.load(out / "norm_ratios.npz") as arrays:
         assert arrays["vit/ratio_per_token"].shape == (8, 17)
     assert (out / "skip_removal_cka.npz").exists()
@@ -147,6 +156,7 @@ def test_sec7_localization_writes_the_result(tiny_models, tmp_path):
                              "--bootstrap-resamples", "3")
     assert [finding["key"] for finding in summary["findings"]] == ["cls_vit_tokens_localize",
                                                                    "gap_vit_localizes_less"]
+    assert_claim_thresholds(summary)
     assert summary["models"]["resnet"]["token_grid"] == [2, 2] and summary["models"]["vit"]["num_tokens"] == 16
     assert (out / "token_patch_cka.npz").exists()
 
@@ -156,6 +166,7 @@ def test_sec7_linear_probes_writes_the_result(tiny_models, tmp_path):
     summary, out = smoke_run(sec7_probes, tiny_models, tmp_path, ["vit", "vit_gap", "resnet"], "--shots", "2",
                              "--probe-seeds", "0", "1", "--train-pool", "64")
     assert [finding["key"] for finding in summary["findings"]] == ["cls_vit_spatial_tokens_probe_poorly"]
+    assert_claim_thresholds(summary)
     assert "cls" in summary["models"]["vit"] and "cls" not in summary["models"]["vit_gap"]
     assert len(summary["models"]["vit"]["depth"]) == 9  # embedding + 4 blocks x (+sa, +mlp)
     assert (out / "probes.npz").exists()
@@ -167,5 +178,6 @@ def test_sec8_writes_the_result(tiny_models, tmp_path):
                              "--data-names", "small set", "large set", "--shots", "2", "--probe-seeds", "0", "1",
                              "--train-pool", "64", "--bootstrap-resamples", "20")
     assert [finding["key"] for finding in summary["findings"]] == ["less_data_hurts_higher_layers_more"]
+    assert_claim_thresholds(summary)
     assert summary["groups"]["vit"]["models"]["vit_data10"]["data"] == "small set"
     assert {"data_scale_cka.npz", "data_scale_probes.npz"} <= {path.name for path in out.iterdir()}

@@ -4,11 +4,14 @@ import json
 import os
 import pathlib
 
+import keras
+import numpy as np
 import pytest
 
 import helpers
 from vitcnn_tf import atomic_io, zoo
-from vitcnn_tf.model_specs import ModelSpec, load_model, load_models, model_identity, parse_model_spec
+from vitcnn_tf.model_specs import (ModelSpec, init_spec, load_model, load_models, model_identity, parse_model_spec,
+                                   seed_twin)
 from vitcnn_tf.models import ViT, load_timm, save_npz
 
 TIMM_FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "timm"
@@ -94,8 +97,8 @@ def test_load_models_tells_checkpoints_of_one_preset_apart_by_file_name(tmp_path
     vit = helpers.tiny_vit()
     for name in ("B_16-i21k", "B_16-i1k"):
         save_npz(vit, tmp_path / f"{name}.npz")
-    fields = ",".join(f"{key}={getattr(vit.config, key)}" for key in ("image_size", "patch_size", "hidden_size", "mlp_dim",
-                                                                      "num_heads", "num_layers", "num_classes"))
+    keys = ("image_size", "patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "num_classes")
+    fields = ",".join(f"{key}={getattr(vit.config, key)}" for key in keys)
     specs = [f"ViT-CPU/4:{fields}={tmp_path / name}.npz" for name in ("B_16-i21k", "B_16-i1k", "B_16-i1k")]
     assert list(load_models(specs, zoo_dir=tmp_path)) == ["ViT-CPU-4", "ViT-CPU-4-B_16-i1k", "ViT-CPU-4-B_16-i1k#2"]
 
@@ -116,3 +119,87 @@ def test_model_identity_of_a_zoo_recipe(tmp_path):
     identity = model_identity("vit", zoo_dir=tmp_path)
     assert identity == {"kind": "zoo", "label": "vit", "spec": "vit", "recipe": "vit",
                         "recipe_fingerprint": zoo.get_recipe("vit").fingerprint(), "weights_sha256": None}
+
+
+# ------------------------------------------------------------------------------------------- init specs
+
+CPU_VIT = "patch_size=4,hidden_size=16,mlp_dim=24,num_heads=2,num_layers=2,image_size=16,num_classes=5"
+
+
+@pytest.mark.parametrize("inner, preset, label", [
+    ("vit", None, "vit@init"),
+    ("ViT-B/16=ckpt/absent.npz", "ViT-B/16", "ViT-B-16@init"),
+    ("ViT-CPU/4:num_layers=1", "ViT-CPU/4", "ViT-CPU-4@init"),
+])
+def test_parse_init_specs(inner, preset, label):
+    spec = parse_model_spec(f"init:{inner}")
+    assert spec == ModelSpec(f"init:{inner}", "init", preset, parse_model_spec(inner).overrides, None, label,
+                             parse_model_spec(inner))
+    assert spec.name == parse_model_spec(inner).name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("init:init:vit", "'init:init:vit': init: applies once"),
+    ("init:m.keras", "no initialisation control for a .keras file: its architecture's initialisers are unknown"),
+    ("init:resnet50", "neither a zoo recipe"),
+])
+def test_init_spec_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_model_spec(text)
+
+
+def test_init_spec_and_seed_twin():
+    assert init_spec("vit") == "init:vit" and init_spec("ViT-B/16=x.npz") == "init:ViT-B/16=x.npz"
+    with pytest.raises(ValueError, match="no initialisation control for a .keras file"):
+        init_spec("a.keras")
+    with pytest.raises(ValueError, match="applies once"):
+        init_spec("init:vit")
+    assert [seed_twin("vit", seed) for seed in range(4)] == ["vit", "vit_seed1", "vit_seed2", None]
+    assert [seed_twin("vit_noskip_mid", seed) for seed in range(3)] == ["vit_noskip_mid", "vit_noskip_mid_seed1",
+                                                                        None]
+    assert [seed_twin("vit_seed1", seed) for seed in range(2)] == ["vit_seed1", None]
+    assert [seed_twin("ViT-B/16=x.npz", seed) for seed in range(2)] == ["ViT-B/16=x.npz", None]
+    assert [seed_twin("a.keras", seed) for seed in range(2)] == ["a.keras", None]
+    assert [seed_twin("init:resnet", seed) for seed in (0, 2, 3)] == ["init:resnet", "init:resnet_seed2", None]
+    assert seed_twin("init:ViT-CPU/4", 0) == "init:ViT-CPU/4" and seed_twin("init:ViT-CPU/4", 1) is None
+
+
+def test_init_model_of_a_checkpoint_spec_needs_no_file(tmp_path):
+    trained = helpers.randomize_weights(load_model(f"ViT-CPU/4:{CPU_VIT}"), seed=3)
+    save_npz(trained, tmp_path / "trained.npz")
+    absent = load_model(f"init:ViT-CPU/4:{CPU_VIT}={tmp_path / 'absent.npz'}")
+    again = load_model(f"init:ViT-CPU/4:{CPU_VIT}={tmp_path / 'trained.npz'}")
+    keras.utils.set_random_seed(0)
+    reference = ViT(trained.config)  # the preset at seed 0, built here
+    reference(helpers.random_images(1, 16))
+    images = helpers.random_images(2, 16)
+    assert absent.config == trained.config
+    helpers.assert_same_forward(absent, again, images)
+    helpers.assert_same_forward(absent, reference, images)
+    loaded = load_model(f"ViT-CPU/4:{CPU_VIT}={tmp_path / 'trained.npz'}")
+    assert not np.allclose(absent.predict(images, verbose=0), loaded.predict(images, verbose=0))
+
+
+def test_model_identity_of_init_specs_reads_no_file(tmp_path):
+    assert model_identity("init:vit") == {
+        "kind": "init", "label": "vit@init",
+        "of": {"kind": "zoo", "recipe": "vit", "recipe_fingerprint": zoo.get_recipe("vit").fingerprint()}}
+    spec = f"init:ViT-B/16:num_classes=5={tmp_path / 'absent.npz'}"
+    assert model_identity(spec, zoo_dir=tmp_path) == {
+        "kind": "init", "label": "ViT-B-16@init",
+        "of": {"kind": "checkpoint", "preset": "ViT-B/16", "overrides": {"num_classes": 5}}}
+    json.dumps(model_identity(spec))
+    # the file is not read, so its spelling is no part of the identity
+    assert model_identity(spec) == model_identity(f"init:ViT-B/16:num_classes=5={tmp_path / 'other.npz'}")
+
+
+def test_spec_config_of_init_specs(tmp_path):
+    from experiments import common
+
+    options = common.add_common_arguments(common.new_parser("", "x"), default_models=[],
+                                          default_out=str(tmp_path)).parse_args([])
+    assert common.spec_config("init:vit_gap", options) == zoo.model_config("vit_gap")
+    config = common.spec_config(f"init:ViT-CPU/4:{CPU_VIT}={tmp_path / 'absent.npz'}", options)
+    assert config == load_model(f"ViT-CPU/4:{CPU_VIT}").config
+    with pytest.raises(common.UserError, match="--models init:a.keras: .*no initialisation control"):
+        common.spec_config("init:a.keras", options)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vitcnn_tf import representations
-from vitcnn_tf.analysis import attention, receptive_field
+from vitcnn_tf import claims, representations
+from vitcnn_tf.analysis import attention, bootstrap, receptive_field
+from vitcnn_tf.findings import DOES_NOT_HOLD, HOLDS
 from vitcnn_tf.metrics import reference
 from vitcnn_tf.models import get_model
 from vitcnn_tf.paper import attention_distance, common, evaluation, local_global_heads, receptive_fields
@@ -142,6 +143,7 @@ def test_structure_findings_recomputed_from_the_saved_maps(models, structure):
     assert depth.value == pytest.approx(np.mean(best / (cross.shape[1] - 1)), abs=1e-9)
     for finding in result.findings:
         assert finding.low <= finding.value <= finding.high
+        assert (finding.threshold, finding.direction) == claims.threshold(finding.key)
 
 
 def test_block_taps_and_two_shuffled_passes_equal_the_reference(models):
@@ -191,22 +193,97 @@ def test_attention_distances_of_vits_of_different_depths_and_heads_equal_per_bat
         np.testing.assert_allclose(arrays[f"{label}.mean"], expected, rtol=1e-9)
         assert arrays[f"{label}.per_example"].shape == (2 * BATCH, *expected.shape)
     spread, less = result.findings
-    mean = arrays["small.mean"]
+    # Uniform attention over the 4 x 4 patch grid: the mean distance between patch centres, 4 px apart.
+    cells = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), axis=-1).reshape(-1, 2)
+    uniform = 4 * np.linalg.norm(cells[:, None] - cells[None], axis=-1).mean()
+    labels = [*full, *little]
+    assert result.summary["uniform_attention_distances"] == pytest.approx(dict.fromkeys(labels, uniform))
+    ratios = {label: arrays[f"{label}.mean"] / uniform for label in labels}
     lowest, highest = common.extreme_blocks(3)
-    spreads = mean.max(axis=1) - mean.min(axis=1)
-    assert spread.value == pytest.approx(spreads[lowest].mean() - spreads[highest].mean(), abs=1e-9)
+    small = ratios["small"]
+    assert spread.value == pytest.approx(min(0.5 - small[lowest].min(), small[lowest].max() - 0.8,
+                                             small[highest].min() - 0.8), abs=1e-9)
+    assert spread.detail["block_min_ratio"] == pytest.approx(small.min(axis=1).tolist(), abs=1e-12)
     assert less.key == "less_data_no_local_heads"
     assert less.detail["full_data_model"] == "small" and less.detail["little_data_model"] == "small_little"
-    assert less.value == pytest.approx(arrays["small_little.mean"][lowest].min() - mean[lowest].min(), abs=1e-9)
+    assert less.value == pytest.approx(min(0.5 - small[lowest].min(), ratios["small_little"][lowest].min() - 0.5),
+                                       abs=1e-9)
     # Different depths: the comparison uses each model's own lowest blocks.
     other = attention_distance.less_data_finding("small", arrays["small.per_example"], "large",
-                                                 arrays["large.per_example"], num_resamples=50)
-    assert other.value == pytest.approx(arrays["large.mean"][:2].min() - mean[:1].min(), abs=1e-9)
+                                                 arrays["large.per_example"], full_reference=uniform,
+                                                 little_reference=uniform, num_resamples=50)
+    assert other.value == pytest.approx(min(0.5 - small[:1].min(), ratios["large"][:2].min() - 0.5), abs=1e-9)
     files = [figure.file for figure in result.figures]
     assert files[:2] == ["attention_distances.png", "attention_distances_less_data.png"]
     assert [figure.paper_figure for figure in result.figures[:2]] == ["3", "4"]
     for figure in result.figures:
         figure.draw()
+
+
+def hand_built_distances(ratios, reference, num_examples=4):
+    """``[N, L, H]`` head distances (pixels) whose mean over the examples is ``ratios [L, H] * reference``: the
+    examples alternate ``+-0.05 * reference`` around it, so that the bootstrap has something to resample."""
+    offsets = 0.05 * reference * np.where(np.arange(num_examples) % 2, -1.0, 1.0)
+    return np.asarray(ratios)[None] * reference + offsets[:, None, None]
+
+
+def test_spread_finding_is_the_smallest_margin_in_units_of_the_uniform_distance():
+    # 3 blocks (lowest: block 0, highest: block 2) of 4 heads; uniform attention at 10 px. One head of block 0 at
+    # 0.3x, every other head at 0.95x: margins 0.5 - 0.3, 0.95 - 0.8 and 0.95 - 0.8, the smallest 0.15.
+    ratios = np.full((3, 4), 0.95)
+    ratios[0, 0] = 0.3
+    distances = hand_built_distances(ratios, 10.0)
+    found = attention_distance.spread_finding("m", distances, 10.0, num_resamples=200, seed=3)
+    assert (found.threshold, found.direction) == claims.threshold("lower_layers_mix_local_and_global_heads")
+    assert found.value == pytest.approx(0.15, abs=1e-12)
+    assert [c["value"] for c in found.detail["conditions"]] == pytest.approx([0.3, 0.95, 0.95], abs=1e-12)
+    assert [c["met"] for c in found.detail["conditions"]] == [True, True, True]
+    assert found.verdict == HOLDS and found.reason == ""
+    assert found.detail["conditions"][0]["text"] == ("the lowest 1 blocks hold a head below 0.5x the uniform "
+                                                     "distance (smallest 0.30x)")
+
+    def plain_margin(d):  # one resample [N, L, H] -> scalar, written out
+        r = d.mean(axis=0) / 10.0
+        return min(0.5 - r[0].min(), r[0].max() - 0.8, r[2].min() - 0.8)
+
+    expected = bootstrap.bootstrap_interval(plain_margin, distances, num_resamples=200, seed=3)
+    assert (found.value, found.low, found.high) == pytest.approx(expected, abs=1e-12)
+    # A head of the highest block at 0.6x: that margin is 0.6 - 0.8 = -0.2, and it is the reason.
+    ratios[2, 1] = 0.6
+    failed = attention_distance.spread_finding("m", hand_built_distances(ratios, 10.0), 10.0, num_resamples=200)
+    assert failed.value == pytest.approx(-0.2, abs=1e-12)
+    assert [c["met"] for c in failed.detail["conditions"]] == [True, True, False]
+    assert failed.verdict == DOES_NOT_HOLD
+    assert failed.reason == "the highest 1 blocks hold a head below 0.8x the uniform distance (smallest 0.60x)"
+    with pytest.raises(ValueError, match="reference: expected the positive uniform-attention distance"):
+        attention_distance.spread_finding("m", distances, 0.0)
+
+
+def test_less_data_finding_is_the_smaller_margin_with_each_models_uniform_distance():
+    # Full-data ViT: 3 blocks of 4 heads at 10 px uniform, a head of block 0 at 0.3x (margin 0.5 - 0.3 = 0.2).
+    # Little-data ViT: 6 blocks of 2 heads at 12 px uniform (lowest blocks 0 and 1), smallest there 0.65x (margin
+    # 0.65 - 0.5 = 0.15); its block 5 holds a head at 0.2x, outside the lowest blocks.
+    full_ratios = np.full((3, 4), 0.95)
+    full_ratios[0, 0] = 0.3
+    little_ratios = np.full((6, 2), 0.9)
+    little_ratios[1, 0], little_ratios[5, 0] = 0.65, 0.2
+    full = hand_built_distances(full_ratios, 10.0)
+    found = attention_distance.less_data_finding("full", full, "little", hand_built_distances(little_ratios, 12.0),
+                                                 full_reference=10.0, little_reference=12.0, num_resamples=200)
+    assert (found.threshold, found.direction) == claims.threshold("less_data_no_local_heads")
+    assert found.value == pytest.approx(0.15, abs=1e-12)
+    assert found.detail["little_minus_full_min_ratio"] == pytest.approx(0.35, abs=1e-12)
+    assert [c["met"] for c in found.detail["conditions"]] == [True, True]
+    assert found.verdict == HOLDS and found.reason == ""
+    # A local head (0.4x) in the little-data ViT's block 1: margin 0.4 - 0.5 = -0.1.
+    little_ratios[1, 1] = 0.4
+    failed = attention_distance.less_data_finding("full", full, "little", hand_built_distances(little_ratios, 12.0),
+                                                  full_reference=10.0, little_reference=12.0, num_resamples=200)
+    assert failed.value == pytest.approx(-0.1, abs=1e-12)
+    assert failed.verdict == DOES_NOT_HOLD
+    assert failed.reason == "the little-data ViT (little) holds a local head in its lowest 2 blocks (smallest 0.40x)"
+    with pytest.raises(ValueError, match="little_reference"):
+        attention_distance.less_data_finding("full", full, "little", full, full_reference=10.0, little_reference=0.0)
 
 
 def test_a_24_block_vit_draws_with_every_block_in_the_legend_and_ticks():
@@ -254,6 +331,7 @@ def test_head_subset_cka_equals_the_reference_and_the_finding_is_recomputed(mode
     expected = local_global_heads.within_size_correlation(arrays["subset_mean_distance"],
                                                           np.nanmax(arrays["cka"], axis=1), sizes)
     assert finding.value == pytest.approx(expected, abs=1e-9)
+    assert (finding.threshold, finding.direction) == claims.threshold("local_heads_most_resnet_like")
     assert finding.detail["plain_correlation"] == pytest.approx(
         np.corrcoef(arrays["subset_mean_distance"], arrays["cka"].max(axis=1))[0, 1], abs=1e-9)
     # checks beyond CKA on 16 evenly spaced examples (2 minibatches of 8)
@@ -321,12 +399,36 @@ def test_receptive_fields_equal_a_direct_gradient_computation(models):
                                       [receptive_field.erf_extent(m, 0.5) for m in arrays[f"{label}.maps"]])
     (finding,) = result.findings
     assert finding.detail["vit_tap"] == "block00/+mlp"
-    assert finding.value == pytest.approx(arrays["vit.extent"][1] - arrays["resnet.extent"][0])
+    assert finding.value == pytest.approx(arrays["vit.extent"][1] / arrays["resnet.extent"][0])
+    assert (finding.threshold, finding.direction) == claims.threshold("vit_erf_larger_in_lower_layers")
     assert [figure.file for figure in result.figures] == ["erf_maps_vit.png", "erf_maps_resnet.png",
                                                           "erf_maps_vit_before_residual.png", "erf_extent.png"]
     assert [figure.paper_figure for figure in result.figures] == ["6", "6", "C", ""]
     for figure in result.figures:
         figure.draw()
+
+
+def test_erf_finding_is_the_ratio_of_the_extents(models):
+    # 16 px maps of 3 images (scaled differently, same shape). Uniform over the image: the smallest centred square
+    # holding half the mass has side 12 (144 / 256 >= 0.5 > 121 / 256). A 2 x 2 block at the centre: side 2.
+    scales = np.array([1.0, 2.0, 3.0])[:, None, None]
+    uniform, block = np.ones((16, 16)), np.zeros((16, 16))
+    block[7:9, 7:9] = 1.0
+
+    def results(vit_map, resnet_map):
+        vit_maps, resnet_maps = scales * vit_map, scales * resnet_map
+        return {"vit": {"taps": ["block00/sa", "block00/+mlp"], "per_image": np.stack([vit_maps, vit_maps]),
+                        "extent": np.array([receptive_field.erf_extent(vit_map)] * 2)},
+                "resnet": {"taps": ["block1/unit01/+res"], "per_image": resnet_maps[None],
+                           "extent": np.array([receptive_field.erf_extent(resnet_map)])}}
+
+    pair = {"vit": models["vit"], "resnet": models["resnet"]}
+    wide = receptive_fields.erf_finding(pair, results(uniform, block), num_resamples=50)
+    assert (wide.value, wide.low, wide.high) == (6.0, 6.0, 6.0)
+    assert (wide.threshold, wide.direction) == claims.threshold("vit_erf_larger_in_lower_layers")
+    assert wide.verdict == HOLDS and "divided by" in wide.quantity
+    same = receptive_fields.erf_finding(pair, results(block, block), num_resamples=50)
+    assert same.value == 1.0 and same.verdict == DOES_NOT_HOLD
 
 
 def test_erf_taps_of_evenly_spaced_blocks(models):

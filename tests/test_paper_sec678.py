@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vitcnn_tf import representations
+from vitcnn_tf import claims, representations
 from vitcnn_tf.analysis import localization as localization_lib
 from vitcnn_tf.analysis import probes, skip
 from vitcnn_tf.metrics import reference
@@ -100,6 +100,8 @@ def test_norm_ratio_findings_are_recomputed_from_the_arrays(skip_setup):
     phase = finding(result, "cls_spatial_phase_change")
     assert phase.value == pytest.approx(gap[first_half].mean() - gap[~first_half].mean(), rel=1e-9)
     assert phase.detail["seed"] == 3 and phase.detail["num_examples"] == 32 and phase.detail["batch_size"] == BATCH
+    for found in (dominates, phase):
+        assert (found.threshold, found.direction) == claims.threshold(found.key)
 
 
 def test_skip_removal_cka_is_the_reference_minibatch_cka_and_the_partition_is_recomputed(skip_setup):
@@ -120,6 +122,7 @@ def test_skip_removal_cka_is_the_reference_minibatch_cka_and_the_partition_is_re
     expected = partition(arrays["noskip/cka"]) - partition(arrays["cls/cka"])
     removal = finding(result, "skip_removal_partitions_representation")
     assert removal.value == pytest.approx(expected, abs=1e-9)
+    assert (removal.threshold, removal.direction) == claims.threshold("skip_removal_partitions_representation")
     models_summary = result.summary["skip_removal"]["models"]
     assert models_summary["cls"]["test_accuracy"] == 0.5 and models_summary["cls"]["eval_subset_accuracy"] is None
     logits = representations.extract(models["noskip"], images, ["logits"])["logits"]  # as predict_accuracy
@@ -200,13 +203,39 @@ def test_localization_findings_are_recomputed_from_the_maps(localization_setup):
         return np.mean((cka_map * own).sum(axis=1) / cka_map.sum(axis=1))
 
     localize = finding(result, "cls_vit_tokens_localize")
-    assert localize.value == pytest.approx(own_share("cls"), rel=1e-9)
-    assert localize.threshold == pytest.approx(1 / 16)
+    assert localize.value == pytest.approx(own_share("cls") * 16, rel=1e-9)  # each token owns 1 of 16 patches
+    assert (localize.threshold, localize.direction) == claims.threshold("cls_vit_tokens_localize")
     less = finding(result, "gap_vit_localizes_less")
-    assert less.value == pytest.approx(own_share("cls") - own_share("gap"), rel=1e-9)
+    assert less.value == pytest.approx((own_share("cls") - own_share("gap")) / own_share("cls"), rel=1e-9)
+    assert (less.threshold, less.direction) == claims.threshold("gap_vit_localizes_less")
     assert result.summary["models"]["res"]["own_share_interval"] is None  # not resampled without bootstrap_all
     assert [f.paper_figure for f in result.figures] == ["9, 10", ""]
     draw_all(result)
+
+
+def test_localization_intervals_are_those_of_the_ratio_and_the_relative_drop(localization_setup):
+    # The bootstrap redone by hand: the same draws of examples (seed 1, 3 resamples), every map recomputed with the
+    # analysis function, the own-patch shares written out; the ratio to 1/16 and the relative drop per resample.
+    models, images, result = localization_setup
+    arrays = result.arrays["token_patch_cka"]
+    tokens = {label: extract(models[label], images, "block01/+mlp") for label in ("cls", "gap")}
+    rng = np.random.default_rng(1)
+    ratios, drops = [], []
+    for _ in range(3):
+        chosen = rng.integers(0, len(images), size=len(images))
+        shares = {}
+        for label, prefix in (("cls", 1), ("gap", 0)):
+            cka_map = localization_lib.token_patch_cka(tokens[label][chosen], images[chosen], 4,
+                                                       num_prefix_tokens=prefix)
+            own = arrays[f"{label}/own_patches"]
+            shares[label] = np.mean((cka_map * own).sum(axis=1) / cka_map.sum(axis=1))
+        ratios.append(shares["cls"] * 16)
+        drops.append((shares["cls"] - shares["gap"]) / shares["cls"])
+    localize, less = finding(result, "cls_vit_tokens_localize"), finding(result, "gap_vit_localizes_less")
+    assert [localize.low, localize.high] == pytest.approx(np.percentile(ratios, [2.5, 97.5]), rel=1e-6)
+    assert [less.low, less.high] == pytest.approx(np.percentile(drops, [2.5, 97.5]), rel=1e-6, abs=1e-9)
+    share = localize.detail["own_share"]
+    assert [localize.low, localize.high] == pytest.approx([16 * share["low"], 16 * share["high"]], rel=1e-12)
 
 
 def test_localization_without_a_gap_vit_skips_its_part_with_the_reason():
@@ -258,6 +287,7 @@ def test_probe_finding_is_recomputed_from_the_arrays(probe_setup):
     poorly = finding(result, "cls_vit_spatial_tokens_probe_poorly")
     assert poorly.value == pytest.approx(np.mean(arrays["gap/per_token_mean"][-1] - arrays["cls/per_token_mean"][-1]))
     assert poorly.detail["train_pool"] == 32 and poorly.detail["test_examples"] == 16
+    assert (poorly.threshold, poorly.direction) == claims.threshold("cls_vit_spatial_tokens_probe_poorly")
     assert [f.paper_figure for f in result.figures] == ["11", "11"]
     draw_all(result)
 
@@ -320,6 +350,7 @@ def test_data_scale_cka_is_the_reference_minibatch_cka_and_the_finding_is_recomp
     diagonal = np.diagonal(arrays["vit/small/cka"])
     less = finding(result, "less_data_hurts_higher_layers_more")
     assert less.value == pytest.approx(diagonal[0] - diagonal[1], abs=1e-9)
+    assert (less.threshold, less.direction) == claims.threshold("less_data_hurts_higher_layers_more")
     probe_arrays = result.arrays["data_scale_probes"]
     train_x, train_y = train
     features = extract(small, train_x, "embedding")[:, 1:].mean(axis=1)
@@ -401,8 +432,8 @@ def test_localization_checks_recomputed_with_the_reference():
                                for t in range(16)])
         shares[label] = np.mean(np.diag(procrustes) / procrustes.sum(axis=1))  # each token owns its patch
     localize, less = finding(result, "cls_vit_tokens_localize"), finding(result, "gap_vit_localizes_less")
-    assert localize.second_measure["value"] == pytest.approx(shares["cls"], abs=1e-4)
-    assert less.second_measure["value"] == pytest.approx(shares["cls"] - shares["gap"], abs=1e-4)
+    assert localize.second_measure["value"] == pytest.approx(shares["cls"] * 16, abs=1e-3)  # ratio to k/P = 1/16
+    assert less.second_measure["value"] == pytest.approx((shares["cls"] - shares["gap"]) / shares["cls"], abs=1e-3)
     tokens = extract(models["cls"], checked, "block01/+mlp")[:, 1:]
 
     def own_patch_cka(order):

@@ -53,6 +53,8 @@ def test_weight_decay_skips_vectors():
     (dict(warmup_fraction=1.0), "warmup_fraction must be in"),
     (dict(label_smoothing=-0.1), "label_smoothing must be in"),
     (dict(global_clipnorm=0.0), "global_clipnorm must be > 0"),
+    (dict(early_stopping_patience=0), "early_stopping_patience must be a positive integer"),
+    (dict(early_stopping_min_delta=-0.1), "early_stopping_min_delta must be >= 0"),
 ])
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -109,3 +111,23 @@ def test_fit_rejects_unknown_cardinality_and_bad_format(tmp_path):
         training.fit(_tiny_cnn(), train, output_dir=tmp_path, weights_format="pickle", verbose=0)
     with pytest.raises(ValueError, match="checkpoint_every needs an output_dir"):
         training.fit(_tiny_cnn(), train, checkpoint_every=1, verbose=0)
+    with pytest.raises(ValueError, match="early_stopping_patience needs validation_data"):
+        training.fit(_tiny_cnn(), train, config=training.TrainConfig(epochs=2, early_stopping_patience=1), verbose=0)
+
+
+def test_early_stopping_stops_after_the_patience_and_keeps_the_best_epoch(tmp_path):
+    train = load_dataset("digits", "train", batch_size=32, image_size=16, num_examples=256, seed=0)
+    validation = load_dataset("digits", "test", batch_size=128, image_size=16, num_examples=128)
+    model = _tiny_cnn()
+    # No epoch can beat the first by more than 1.0 accuracy: training stops after 1 + patience epochs.
+    config = training.TrainConfig(epochs=6, learning_rate=3e-3, early_stopping_patience=2,
+                                  early_stopping_min_delta=1.0)
+    record = training.fit(model, train, validation, config, validation_data=validation, output_dir=tmp_path,
+                          checkpoint_every=1, verbose=0)
+    assert record["epochs"] == 6 and record["epochs_run"] == 3
+    assert record["stopping"]["stopped_early"] and record["stopping"]["best_epoch"] == 1
+    assert len(record["history"]["val_accuracy"]) == 3
+    # the weights kept are those saved after the first epoch
+    first = training.load_weights(_tiny_cnn(), tmp_path / "checkpoints" / "epoch_001.weights.h5")
+    for kept, saved in zip(model.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(kept, saved)

@@ -33,13 +33,18 @@ def _forbid_training(monkeypatch):
 # ------------------------------------------------------------------------------------------------ registry
 
 
-def test_registry_has_the_paper_recipes():
-    required = {"vit", "vit_gap", "vit_noskip_early", "vit_noskip_mid", "vit_noskip_late", "resnet", "mixer",
-                "vit_data3", "vit_data10", "vit_data30", "resnet_data3", "resnet_data10", "resnet_data30"}
-    assert required <= set(zoo.RECIPES)
-    for base in ("vit", "resnet"):
-        assert zoo.RECIPES[f"{base}_seed1"] == dataclasses.replace(
-            zoo.RECIPES[base], name=f"{base}_seed1", seed=1, description=zoo.RECIPES[f"{base}_seed1"].description)
+def test_registry_has_the_paper_recipes_with_their_seeds():
+    main = ("vit", "vit_gap", "resnet", "mixer")
+    secondary = ("vit_noskip_early", "vit_noskip_mid", "vit_noskip_late", "vit_data3", "vit_data10", "vit_data30")
+    assert zoo.SEEDS_OF == {**{name: [name, f"{name}_seed1", f"{name}_seed2"] for name in main},
+                            **{name: [name, f"{name}_seed1"] for name in secondary}}
+    assert sorted(zoo.RECIPES) == sorted(twin for twins in zoo.SEEDS_OF.values() for twin in twins)
+    assert len(zoo.RECIPES) == 24
+    for base, twins in zoo.SEEDS_OF.items():
+        assert zoo.RECIPES[base].seed == 0
+        for seed, name in enumerate(twins[1:], start=1):
+            assert zoo.RECIPES[name] == dataclasses.replace(
+                zoo.RECIPES[base], name=f"{base}_seed{seed}", seed=seed, description=zoo.RECIPES[name].description)
     with pytest.raises(ValueError, match="unknown zoo recipe 'nope'.*vit_gap"):
         zoo.get_recipe("nope")
 
@@ -58,18 +63,16 @@ def test_recipe_model_configs():
 
 
 def test_data_fraction_recipes_are_nested_subsets_of_the_plain_recipe():
-    # epochs = round(plain epochs / sqrt(fraction)): vit 3 / sqrt(0.03) = 17.3, 3 / sqrt(0.1) = 9.5, ...
-    expected_epochs = {"vit": {"3": 17, "10": 9, "30": 5}, "resnet": {"3": 6, "10": 3, "30": 2}}
-    for base in ("vit", "resnet"):
-        plain = zoo.RECIPES[base]
-        assert plain.fraction is None
-        assert plain.training.epochs == {"vit": 3, "resnet": 1}[base]
-        for percent, fraction in (("3", 0.03), ("10", 0.1), ("30", 0.3)):
-            recipe = zoo.RECIPES[f"{base}_data{percent}"]
-            assert recipe.fraction == fraction and recipe.subset_seed == plain.subset_seed
-            assert recipe.training.epochs == expected_epochs[base][percent]
-            assert dataclasses.replace(recipe, name=base, fraction=None, training=plain.training,
-                                       description=plain.description) == plain
+    # epochs = round(plain epochs / sqrt(fraction)): 4 / sqrt(0.03) = 23.1, 4 / sqrt(0.1) = 12.6, 4 / sqrt(0.3) = 7.3
+    expected_epochs = {"3": 23, "10": 13, "30": 7}
+    plain = zoo.RECIPES["vit"]
+    assert plain.fraction is None and plain.training.epochs == 4
+    for percent, fraction in (("3", 0.03), ("10", 0.1), ("30", 0.3)):
+        recipe = zoo.RECIPES[f"vit_data{percent}"]
+        assert recipe.fraction == fraction and recipe.subset_seed == plain.subset_seed
+        assert recipe.training.epochs == expected_epochs[percent]
+        assert dataclasses.replace(recipe, name="vit", fraction=None, training=plain.training,
+                                   description=plain.description) == plain
 
 
 def test_fingerprint_covers_every_field_but_the_description():

@@ -2,14 +2,17 @@
 
 A spec is one of:
 
-* a zoo recipe (``vit``, ``vit_gap``, ``resnet``, ``mixer``, ... see ``vitcnn_tf.zoo.RECIPES``), trained on first
-  use and cached in the zoo folder (kind ``"zoo"``);
+* a zoo recipe (``vit``, ``vit_gap``, ``resnet``, ``mixer``, ... see ``vitcnn_tf.zoo.RECIPES``): the trained
+  weights shipped with the package, or, with a zoo folder, trained there on first use (kind ``"zoo"``);
 * a saved Keras model, ``path/to/model.keras`` (kind ``"keras"``);
 * a preset with a checkpoint file, ``PRESET=path/to/file.npz`` (``ViT-B/16=ckpt/ViT-B_16.npz``), with config
   overrides as ``PRESET:key=value,...=file.npz`` (``ViT-B/16:representation_size=768,num_classes=21843=ckpt/
   ViT-B_16.npz``); a timm ``.safetensors`` file is accepted in place of the ``.npz`` (kind ``"checkpoint"``);
 * a bare preset with optional overrides, ``PRESET[:key=value,...]``: a randomly initialised model (kind
-  ``"preset"``).
+  ``"preset"``);
+* ``init:<spec>`` for any spec above but a ``.keras`` file: the same architecture at initialisation, untrained (kind
+  ``"init"``, label ``<label>@init``): a zoo recipe's model seeded with the recipe's seed, a checkpoint's or preset's
+  seeded with 0, no file read. The control of a finding: the same statistic before training.
 
 Override values are Python literals (``num_classes=5``, ``skip_blocks_removed=(1, 3)``, ``classifier='gap'``);
 a value that is not a literal is kept as a string (``classifier=gap``).
@@ -23,8 +26,11 @@ import re
 from vitcnn_tf.atomic_io import sha256_file
 from vitcnn_tf.models import registry
 
-KINDS = ("zoo", "keras", "checkpoint", "preset")
+KINDS = ("zoo", "keras", "checkpoint", "preset", "init")
 KERAS_SUFFIX = ".keras"
+INIT_PREFIX = "init:"
+INIT_LABEL_SUFFIX = "@init"
+INIT_SEED = 0  # the initialisation seed of a checkpoint's or preset's init spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +38,10 @@ class ModelSpec:
     """A parsed model spec.
 
     ``text``: the spec as given; ``kind``: one of :data:`KINDS`; ``preset``: the registry preset (checkpoint and
-    preset kinds) or None; ``overrides``: config fields to replace; ``path``: the file (keras and checkpoint
-    kinds) or None; ``label``: a short file-name-safe label (the zoo name, the ``.keras`` file's stem, or the
-    preset with ``/`` replaced by ``-``).
+    preset kinds, and init kind of those) or None; ``overrides``: config fields to replace; ``path``: the file
+    (keras and checkpoint kinds) or None; ``label``: a short file-name-safe label (the zoo name, the ``.keras``
+    file's stem, or the preset with ``/`` replaced by ``-``; ``<label>@init`` for the init kind); ``inner``: the
+    spec an init spec initialises (None for other kinds).
     """
 
     text: str
@@ -43,24 +50,35 @@ class ModelSpec:
     overrides: dict
     path: str | None
     label: str
+    inner: "ModelSpec | None" = None
 
     @property
     def name(self):
-        """The zoo recipe name (zoo kind) or the preset name."""
+        """The zoo recipe name (zoo kind) or the preset name (of the inner spec for the init kind)."""
+        if self.kind == "init":
+            return self.inner.name
         return self.text if self.kind == "zoo" else self.preset
 
 
 def parse_model_spec(spec):
     """The :class:`ModelSpec` of ``spec`` (a string, or a ModelSpec returned as is).
 
-    ValueError for an empty spec, a malformed override, or a name that is neither a zoo recipe nor a preset (the
-    message lists both).
+    ValueError for an empty spec, a malformed override, a name that is neither a zoo recipe nor a preset (the
+    message lists both), or an init spec of a ``.keras`` file or of an init spec.
     """
     if isinstance(spec, ModelSpec):
         return spec
     text = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"model spec: expected a non-empty string, got {spec!r}")
+    if text.startswith(INIT_PREFIX):
+        inner = parse_model_spec(text[len(INIT_PREFIX):])
+        if inner.kind == "init":
+            raise ValueError(f"model spec {text!r}: {INIT_PREFIX} applies once; {inner.text!r} is already an init spec")
+        if inner.kind == "keras":
+            raise ValueError(f"model spec {text!r}: no initialisation control for a .keras file: its architecture's "
+                             "initialisers are unknown")
+        return ModelSpec(text, "init", inner.preset, inner.overrides, None, inner.label + INIT_LABEL_SUFFIX, inner)
     head, separator, file_name = text.rpartition("=")
     if separator and file_name.endswith(registry.CHECKPOINT_SUFFIXES):
         preset, overrides = _preset_and_overrides(head, text)
@@ -81,14 +99,17 @@ def safe_label(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 
-def load_model(spec, *, zoo_dir, data_dir=None, verbose=0):
+def load_model(spec, *, zoo_dir=None, data_dir=None, verbose=0):
     """The ``keras.Model`` named by ``spec`` (a string or :class:`ModelSpec`).
 
-    ``zoo_dir``: the zoo cache folder (zoo recipes are trained there on first use, with ``data_dir`` and Keras
-    ``verbose``). A missing file raises ``FileNotFoundError`` naming the spec and the path; an unknown name
-    ``ValueError`` listing the zoo recipes and the presets.
+    ``zoo_dir``: None for the zoo shipped with the package (``vitcnn_tf.zoo.ShippedZooError`` for a recipe not
+    shipped or not matching its record), or a zoo folder (recipes are trained there on first use, with ``data_dir``
+    and Keras ``verbose``). A missing file raises ``FileNotFoundError`` naming the spec and the path; an unknown
+    name ``ValueError`` listing the zoo recipes and the presets.
     """
     spec = parse_model_spec(spec)
+    if spec.kind == "init":
+        return _initial_model(spec.inner, data_dir)
     if spec.kind == "zoo":
         from vitcnn_tf import zoo
 
@@ -101,6 +122,52 @@ def load_model(spec, *, zoo_dir, data_dir=None, verbose=0):
     import keras  # the custom layers are registered by the import of vitcnn_tf.models above
 
     return keras.saving.load_model(spec.path)
+
+
+def _initial_model(inner, data_dir):
+    """The untrained model of the (zoo, checkpoint or preset) spec ``inner``; no weights file is read."""
+    if inner.kind == "zoo":
+        from vitcnn_tf import zoo
+
+        return zoo.build_model(inner.text, data_dir=data_dir)
+    import keras
+
+    keras.utils.set_random_seed(INIT_SEED)
+    return registry.get_model(inner.preset, **inner.overrides)
+
+
+def init_spec(spec):
+    """``"init:<spec>"``: the spec of ``spec``'s architecture at initialisation. ValueError for a ``.keras`` file,
+    an init spec or an invalid spec."""
+    text = parse_model_spec(spec).text
+    return parse_model_spec(INIT_PREFIX + text).text
+
+
+def seed_twin(spec, seed):
+    """The spec of the model ``spec`` names trained with seed ``seed`` instead, or None when there is none.
+
+    A seed-0 zoo recipe with seed twins (a key of ``vitcnn_tf.zoo.SEEDS_OF``): its twin of that seed if it is in
+    the zoo, else None. Any other spec (zoo seed twins, files, presets): itself for seed 0, else None. An init spec:
+    the init spec of its inner spec's twin.
+    """
+    from vitcnn_tf import zoo
+
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "init":
+        twin = seed_twin(parsed.inner, seed)
+        return None if twin is None else init_spec(twin)
+    if parsed.kind == "zoo" and parsed.text in zoo.SEEDS_OF:
+        name = zoo.seed_recipe(zoo.RECIPES[parsed.text], seed).name
+        return name if name in zoo.SEEDS_OF[parsed.text] else None
+    return parsed.text if seed == 0 else None
+
+
+def recipe_name(spec):
+    """The zoo recipe behind ``spec`` (a zoo spec, or the init spec of one), else None."""
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "init":
+        parsed = parsed.inner
+    return parsed.text if parsed.kind == "zoo" else None
 
 
 def load_models(specs, **kwargs):
@@ -118,16 +185,31 @@ def load_models(specs, **kwargs):
     return models
 
 
-def model_identity(spec, zoo_dir):
+def model_identity(spec, zoo_dir=None):
     """What identifies the weights of ``spec``, for records and caches (JSON-able dict).
 
     Every kind has ``kind`` and ``label``. A file (keras, checkpoint) adds its normalised absolute ``path`` and
     ``sha256``; a checkpoint or preset its ``preset`` and ``overrides``; a zoo recipe its ``recipe`` name, the
-    recipe's ``recipe_fingerprint`` and the cached weights' ``weights_sha256`` (None when not trained yet, in
-    ``zoo_dir``). ``spec`` is the spec rewritten with the absolute path, never as the option spelled it.
+    recipe's ``recipe_fingerprint`` and the weights' ``weights_sha256`` (from the shipped zoo's record for
+    ``zoo_dir=None``, raising ``vitcnn_tf.zoo.ShippedZooError`` as ``zoo.cached_record``; from the folder
+    ``zoo_dir``, None when not trained there yet). ``spec`` is the spec rewritten with the absolute path, never as
+    the option spelled it. An init spec adds ``of``: its inner spec's ``kind`` with the ``recipe`` and
+    ``recipe_fingerprint`` (zoo) or the ``preset`` and ``overrides``, no file read (and no ``spec``: the path it
+    names is neither read nor part of its identity).
     """
     spec = parse_model_spec(spec)
     identity = {"kind": spec.kind, "label": spec.label}
+    if spec.kind == "init":
+        inner = spec.inner
+        if inner.kind == "zoo":
+            from vitcnn_tf import zoo
+
+            of = {"kind": "zoo", "recipe": inner.text, "recipe_fingerprint": zoo.get_recipe(inner.text).fingerprint()}
+        else:
+            of = {"kind": inner.kind, "preset": inner.preset,
+                  "overrides": {key: _json_value(v) for key, v in inner.overrides.items()}}
+        identity["of"] = of  # no file path: the control reads no file, so the spelling of one must not matter
+        return identity
     if spec.kind == "zoo":
         from vitcnn_tf import zoo
 

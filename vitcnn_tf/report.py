@@ -35,12 +35,17 @@ SECTION_TITLES = {
 }
 VERDICTS = (findings_lib.HOLDS, findings_lib.DOES_NOT_HOLD, findings_lib.INCONCLUSIVE)
 TITLE = "Do Vision Transformers See Like CNNs? Reproduction report"
-INTERVAL_NOTE = ("Intervals are bootstrap 95% intervals; a verdict *holds* when the whole interval is on the "
-                 "claimed side of the threshold, *does not hold* when it is on the other side, else *inconclusive*.")
+INTERVAL_NOTE = ("Each threshold is the paper's claim as an effect size (vitcnn_tf.claims, docs/analyses.md). Values "
+                 "are means over the trained seeds; intervals are 95% two-level bootstrap intervals (seeds, then "
+                 "examples within each seed). A verdict *holds* when the whole interval is on the claimed side of the "
+                 "threshold, *does not hold* when it is on the other side, else *inconclusive*. The control is the "
+                 "same statistic on the same architectures at initialisation: a claim that holds there says nothing "
+                 "about learning, and a claim about what training produces is then judged on the trained value minus "
+                 "the control's.")
 CHECKS_NOTE = ("Checks of the CKA findings, on a capped subset of the examples: the same statistic under orthogonal "
-               "Procrustes similarity *survives* when it lies on the claimed side of the same threshold (a point "
-               "estimate); the CKA the finding compares *clears* the permutation null when it is above the 95th "
-               "percentile of its values over shuffled example pairings.")
+               "Procrustes similarity *survives* when it lies beyond the claim's no-effect level on the claimed side "
+               "(a point estimate on another scale than CKA); the CKA the finding compares *clears* the permutation "
+               "null when it is above the 95th percentile of its values over shuffled example pairings.")
 CHECKS_TITLE = "Checks beyond CKA"
 
 
@@ -171,7 +176,8 @@ def render_markdown(report):
         lines.append("")
         for finding in (f for stage in stages for f in stage.findings):
             lines.append(f"- **{finding.key}**: the paper: {finding.claim} Measured: {finding.quantity} = "
-                         f"{_interval(finding)}: **{finding.verdict}**.{_checks_text(finding)}")
+                         f"{_interval(finding)}: **{finding.verdict}**.{_reason_text(finding)}{_seeds_text(finding)}"
+                         f"{_checks_text(finding)}")
         lines.append("")
         for paper_figure, figures in groups.get(section, []):
             for figure in figures:
@@ -258,6 +264,13 @@ def _summary_lines(report, markdown):
     total = sum(counts.values())
     lines = [f"**Findings**: {counts[findings_lib.HOLDS]} of {total} hold, {counts[findings_lib.DOES_NOT_HOLD]} do "
              f"not hold, {counts[findings_lib.INCONCLUSIVE]} inconclusive."]
+    at_init = [f"`{finding.key}`" for finding in report.findings if finding.holds_at_initialisation]
+    if at_init:
+        lines.append(f"**Hold at initialisation** (say nothing about learning): {len(at_init)} of {total} "
+                     f"({', '.join(at_init)}).")
+    seeds = sorted({len(finding.seeds) for finding in report.findings if finding.seeds})
+    if seeds:
+        lines.append(f"**Seeds**: every finding pooled over {' or '.join(map(str, seeds))} trained seeds.")
     if report.models:
         lines.append("**Models**: " + ", ".join(f"{m.name} (`{os.path.basename(m.source)}`)" for m in report.models)
                      + ".")
@@ -277,19 +290,39 @@ def _summary_lines(report, markdown):
 
 def _findings_html(found):
     rows = ["<table class='findings'><tr><th>§</th><th>the paper's claim</th><th>what we measured</th>"
-            "<th>value [95% CI]</th><th>verdict</th><th>second measure</th><th>CKA vs null q95</th></tr>"]
+            "<th>value [95% CI]</th><th>per seed</th><th>at initialisation</th><th>verdict</th>"
+            "<th>second measure</th><th>CKA vs null q95</th></tr>"]
     for finding in found:
         sign = ">" if finding.direction == "greater" else "<"
         rows.append(f"<tr><td>{html.escape(finding.section)}</td><td>{html.escape(finding.claim)}</td>"
                     f"<td>{html.escape(finding.quantity)} (claim: {sign} {_number(finding.threshold)})</td>"
                     f"<td class='num'>{html.escape(_interval(finding))}</td>"
+                    f"<td class='num'>{html.escape(findings_lib.seeds_text(finding))}</td>"
+                    f"<td class='{_css_class(finding.control_verdict)}'>"
+                    f"{html.escape(findings_lib.control_text(finding))}</td>"
                     f"<td><span class='badge {_css_class(finding.verdict)}'>{html.escape(finding.verdict)}</span>"
+                    + (f"<br><small>{html.escape(finding.reason)}</small>" if finding.reason else "") +
                     f"</td><td class='{_css_class(finding.second_measure_verdict)}'>"
                     f"{html.escape(findings_lib.second_measure_text(finding))}</td>"
                     f"<td class='{_css_class(finding.null_verdict)}'>{html.escape(findings_lib.null_text(finding))}"
                     "</td></tr>")
     rows.append("</table>")
     return "".join(rows)
+
+
+def _reason_text(finding):
+    """`` Why: ...`` for a finding that does not hold, else ``""``."""
+    return f" Why: {finding.reason}." if finding.reason else ""
+
+
+def _seeds_text(finding):
+    """`` Per seed: ...; at initialisation: ...`` (the control), or ``""``."""
+    parts = []
+    if finding.seeds:
+        parts.append(f" Per seed: {findings_lib.seeds_text(finding)}.")
+    if finding.control is not None:
+        parts.append(f" At initialisation: {findings_lib.control_text(finding)}.")
+    return "".join(parts)
 
 
 def _checks_text(finding):

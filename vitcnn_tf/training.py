@@ -39,6 +39,11 @@ class TrainConfig:
     cosine-decayed to ``learning_rate * final_learning_rate_ratio``. AdamW's ``weight_decay`` is applied to
     variables of rank >= 2 only (not to biases, norm scales / offsets). ``global_clipnorm`` clips the gradient
     norm as the ViT recipes do (``None`` disables it).
+
+    Stopping criterion: ``epochs`` is the most that run. With ``early_stopping_patience=p`` and validation data,
+    training stops once the validation accuracy has not beaten its best by more than ``early_stopping_min_delta``
+    for ``p`` epochs, and the weights of the last epoch that did (the "best epoch") are kept: a later epoch that
+    gains less than the margin does not replace them.
     """
 
     epochs: int = 10
@@ -50,6 +55,8 @@ class TrainConfig:
     global_clipnorm: float | None = 1.0
     beta_1: float = 0.9
     beta_2: float = 0.999
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or self.epochs < 1:
@@ -67,6 +74,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.global_clipnorm is not None and not self.global_clipnorm > 0:
             raise ValueError(f"TrainConfig.global_clipnorm must be > 0 or None, got {self.global_clipnorm!r}")
+        patience = self.early_stopping_patience
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
+            raise ValueError(f"TrainConfig.early_stopping_patience must be a positive integer or None, got {patience!r}")
+        if not self.early_stopping_min_delta >= 0:
+            raise ValueError("TrainConfig.early_stopping_min_delta must be >= 0, "
+                             f"got {self.early_stopping_min_delta!r}")
 
 
 def learning_rate_schedule(config, total_steps):
@@ -95,7 +108,8 @@ def make_optimizer(model, config, total_steps):
 
 
 def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, output_dir=None, train_eval_data=None,
-        record_extra=None, checkpoint_every=0, weights_format="keras", validation_every=None, verbose="auto"):
+        validation_data=None, record_extra=None, checkpoint_every=0, weights_format="keras", validation_every=None,
+        verbose="auto"):
     """Train ``model`` (logits output) on ``train_data`` and return the run's record (a JSON-able dict).
 
     The record's ``wall_time_seconds`` covers training and the final evaluations, ``cpu_seconds`` the process
@@ -106,6 +120,10 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
       train_data / test_data / train_eval_data: ``tf.data`` datasets of ``(images, int labels)`` batches with
         known cardinality (as :func:`vitcnn_tf.data.load_dataset` returns). The final train accuracy is measured
         on ``train_eval_data`` (e.g. the training split unshuffled and unaugmented) or else on ``train_data``.
+      validation_data: a held-out ``tf.data`` set of the same kind, evaluated after every epoch (the curve
+        ``val_accuracy`` of the record's history) and watched by the early stopping of ``config``; the test set is
+        then evaluated only once, after training. Without it, ``test_data`` is the validation set of the history
+        (every ``validation_every`` epochs) and there is no early stopping.
       config: :class:`TrainConfig`.
       seed: ``keras.utils.set_random_seed(seed)`` before compiling (dropout, ...). Seed before building the model
         too for a deterministic initialisation.
@@ -131,6 +149,10 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         raise ValueError(f"fit: validation_every must be a positive int, got {validation_every!r}")
     if checkpoint_every and output_dir is None:
         raise ValueError("fit: checkpoint_every needs an output_dir")
+    if config.early_stopping_patience is not None and validation_data is None:
+        raise ValueError("fit: TrainConfig.early_stopping_patience needs validation_data")
+    if validation_data is not None:
+        validation_every = 1
 
     keras.utils.set_random_seed(seed)
     model.compile(
@@ -141,11 +163,18 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
     callbacks = [TrainingProgress(total_steps)] if verbose else []
     if checkpoint_every:
         callbacks.append(EpochCheckpoint(os.path.join(output_dir, "checkpoints"), checkpoint_every, weights_format))
+    stopper = None
+    if config.early_stopping_patience is not None:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                patience=int(config.early_stopping_patience),
+                                                min_delta=config.early_stopping_min_delta, restore_best_weights=True)
+        callbacks.append(stopper)
+    watched = validation_data if validation_data is not None else test_data
 
     start, cpu_start = time.perf_counter(), time.process_time()
     history = model.fit(
         _one_hot(train_data, num_classes),
-        validation_data=None if test_data is None else _one_hot(test_data, num_classes),
+        validation_data=None if watched is None else _one_hot(watched, num_classes),
         validation_freq=validation_every,
         epochs=int(config.epochs),
         shuffle=False,  # the pipeline shuffles
@@ -166,6 +195,8 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         "num_parameters": int(model.count_params()),
         "seed": int(seed),
         "epochs": int(config.epochs),
+        "epochs_run": len(history.epoch),
+        "stopping": _stopping_record(config, stopper, len(history.epoch), validation_data is not None),
         "steps_per_epoch": steps_per_epoch,
         "validation_every": validation_every,
         "training": dataclasses.asdict(config),
@@ -187,6 +218,21 @@ def fit(model, train_data, test_data=None, config=TrainConfig(), *, seed=0, outp
         record["weights_sha256"] = sha256_file(weights_path)
         atomic_io.write_json(os.path.join(output_dir, RECORD_FILE), record)
     return record
+
+
+def _stopping_record(config, stopper, epochs_run, validated):
+    """How training ended: ``{"criterion", "best_epoch" (1-based, the weights kept), "stopped_early"}``."""
+    if stopper is None:
+        return {"criterion": f"a fixed {config.epochs} epochs", "best_epoch": epochs_run, "stopped_early": False,
+                "validation": "held-out split" if validated else "test split"}
+    return {
+        "criterion": f"at most {config.epochs} epochs; stop when the validation accuracy has not improved on its best "
+                     f"by more than {config.early_stopping_min_delta:g} for {config.early_stopping_patience} epochs, "
+                     "keeping the weights of the last epoch that beat it by that margin",
+        "best_epoch": int(stopper.best_epoch) + 1,
+        "stopped_early": epochs_run < int(config.epochs),
+        "validation": "held-out split",
+    }
 
 
 class TrainingProgress(keras.callbacks.Callback):

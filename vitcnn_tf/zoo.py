@@ -1,25 +1,27 @@
-"""The CPU-scale model zoo: named training recipes whose trained weights are cached under a results directory.
+"""The CPU-scale model zoo: named training recipes, their trained weights shipped with the package, and a cache.
 
-``get_model("vit")`` returns the trained model, training it on first use and loading it afterwards;
-:func:`train_recipes` trains several at once in single-threaded worker processes (:mod:`vitcnn_tf.parallel`).
-Models are built through the registry (``vitcnn_tf.models.get_model``) from the recipe's preset. Each recipe lives in
-``<results_dir>/<recipe name>/``::
+``get_model("vit")`` returns the trained model shipped with the package (:data:`SHIPPED_DIR`), never training it;
+``get_model("vit", results_dir)`` trains it into the folder ``results_dir`` on first use and loads it afterwards;
+:func:`train_recipes` trains several at once in single-threaded worker processes (:mod:`vitcnn_tf.parallel`) and
+:func:`ship` copies trained entries into the package. Models are built through the registry
+(``vitcnn_tf.models.get_model``) from the recipe's preset. Each recipe lives in ``<folder>/<recipe name>/``::
 
     model.npz      the weights in the release ``.npz`` format (``vitcnn_tf.models.save_npz``), written atomically
     record.json    the recipe and its fingerprint, model config, data, seed, epochs, history, train / test
                    accuracy, wall time, and the sha256 of ``model.npz`` (written last)
 
-A cache entry is used only if the record parses, its ``recipe_fingerprint`` equals the recipe's current
-fingerprint (a hash of every recipe field and of the data generator version) and the weights file's sha256
-matches; otherwise (missing, truncated or corrupted file, changed recipe) the recipe is retrained.
+An entry is used only if the record parses, its ``recipe_fingerprint`` equals the recipe's current fingerprint (a
+hash of every recipe field and of the data generator version) and the weights file's sha256 matches. In a results
+folder a bad entry (missing, truncated or corrupted file, changed recipe) is retrained; in the shipped zoo it is a
+:class:`ShippedZooError` naming the file, never a silent retrain.
 
 Recipes (:data:`RECIPES`), all on the embedded ``shapes10`` set: ``vit`` (CLS token), ``vit_gap`` (global
-average pooling), ``vit_noskip_early`` / ``_mid`` / ``_late`` (both skip connections of block 1 / 3 / 5
-removed, Section 6), ``resnet``, ``mixer``, ``vit_data{3,10,30}`` / ``resnet_data{3,10,30}``: the same
-recipes on nested stratified 3 / 10 / 30 % subsets of the training split (Section 8; 100 % is the plain
-recipe), and ``vit_seed1`` / ``resnet_seed1``: the plain recipes with seed 1, for intervals over seeds. Subset
-recipes train ``round(epochs / sqrt(fraction))`` epochs: more passes over less data, so that small subsets are
-not starved of optimisation steps (``sqrt(fraction)`` of the full run's steps and cost).
+average pooling), ``resnet``, ``mixer``, each with seeds 0, 1, 2 (``vit``, ``vit_seed1``, ``vit_seed2``, ...);
+``vit_noskip_early`` / ``_mid`` / ``_late`` (both skip connections of block 1 / 3 / 5 removed, Section 6) and
+``vit_data{3,10,30}`` (``vit`` on nested stratified 3 / 10 / 30 % subsets of the training split, Section 8), each
+with seeds 0 and 1. :data:`SEEDS_OF` lists the seed twins of every seed-0 recipe. Subset recipes train
+``round(epochs / sqrt(fraction))`` epochs with their early-stopping patience scaled alike: more passes over less
+data, so that small subsets are not starved of optimisation steps.
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 
 from vitcnn_tf import data as data_lib
 from vitcnn_tf import atomic_io, parallel, training
@@ -34,12 +37,20 @@ from vitcnn_tf.data import shapes
 from vitcnn_tf.models import registry
 from vitcnn_tf.training import TrainConfig
 
-ZOO_FORMAT = 2  # 2: training drops the last partial batch of each epoch
-DEFAULT_RESULTS_DIR = os.path.join("results", "zoo")
+ZOO_FORMAT = 3  # 2: training drops the last partial batch of each epoch; 3: a validation split, early stopping
+# The trained zoo shipped with the package: ``<SHIPPED_DIR>/<recipe>/{model.npz, record.json}``, made by
+# ``python -m experiments.train --all --results-dir DIR --ship`` (:func:`ship`).
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo_weights")
+DEFAULT_RESULTS_DIR = None  # a zoo folder of None is the shipped zoo
+DEFAULT_TRAIN_DIR = os.path.join("results", "zoo")  # where the command lines train the zoo from its recipes
 WEIGHTS_FORMAT = "npz"
 TRAIN_EVAL_EXAMPLES = 1000
 
 _LOG = logging.getLogger(__name__)
+
+
+class ShippedZooError(ValueError):
+    """A recipe of the shipped zoo is absent, or its files do not match its record or the recipe; names the file."""
 
 # The model families of the registry: a recipe's ``architecture`` is the family of its ``preset``.
 ARCHITECTURES = tuple(family.name for family in registry.FAMILIES)
@@ -63,6 +74,7 @@ class Recipe:
     dataset: str = data_lib.DEFAULT_DATASET
     train_split: str = "train"
     test_split: str = "test"
+    validation_split: str | None = None
     image_size: int = 32
     batch_size: int = 128
     fraction: float | None = None
@@ -112,63 +124,76 @@ class ZooEntry:
 # ---------------------------------------------------------------------------------------------------------
 # The recipes.
 
-_VIT = Recipe(
-    name="vit", architecture="vit", preset="ViT-CPU/4",
-    training=TrainConfig(epochs=3, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=64, description="ViT-CPU/4, CLS-token classifier",
-)
-_RESNET = Recipe(
-    name="resnet", architecture="resnet", preset="ResNetV2-CPU",
-    training=TrainConfig(epochs=1, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=64, description="BiT-style ResNetV2-CPU",
-)
-_MIXER = Recipe(
-    name="mixer", architecture="mixer", preset="Mixer-CPU/4",
-    training=TrainConfig(epochs=3, learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.1),
-    batch_size=64, description="MLP-Mixer-CPU/4",
-)
+# Every recipe trains on the 30,000 generated ``train_large`` images with random translations and flips, for at most
+# ``epochs`` epochs, and stops early once the accuracy on the 2,000 ``validation`` images has not improved by more
+# than 0.2 points for 2 epochs (keeping the best epoch). The budget of the whole zoo is in docs/zoo.md.
+_SCHEDULE = dict(learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.05, early_stopping_patience=2,
+                 early_stopping_min_delta=0.002)
+_DATA = dict(train_split="train_large", validation_split="validation", augment="translate_flip", batch_size=64)
+_VIT = Recipe(name="vit", architecture="vit", preset="ViT-CPU/4", training=TrainConfig(epochs=4, **_SCHEDULE),
+              description="ViT-CPU/4, CLS-token classifier", **_DATA)
+_RESNET = Recipe(name="resnet", architecture="resnet", preset="ResNetV2-CPU",
+                 training=TrainConfig(epochs=2, **_SCHEDULE), description="BiT-style ResNetV2-CPU", **_DATA)
+_MIXER = Recipe(name="mixer", architecture="mixer", preset="Mixer-CPU/4", training=TrainConfig(epochs=4, **_SCHEDULE),
+                description="MLP-Mixer-CPU/4", **_DATA)
 NOSKIP_BLOCKS = {"early": 1, "mid": 3, "late": 5}
 DATA_FRACTIONS = (0.03, 0.1, 0.3)
-EXTRA_SEEDS = (1,)
+# Seeds besides 0: three seeds of every model a Section 4-7 finding compares, two of the no-skip and data-fraction
+# models (the training budget).
+MAIN_SEEDS = (0, 1, 2)
+SECONDARY_SEEDS = (0, 1)
 
 
 def seed_recipe(base, seed):
-    """``base`` with another seed (initialisation, data order), named ``<base>_seed<seed>``: for intervals over
-    seeds."""
+    """``base`` with another seed (initialisation, data order), named ``<base>_seed<seed>`` (``base`` itself for
+    seed 0): for intervals over seeds."""
+    if seed == base.seed:
+        return base
     return dataclasses.replace(base, name=f"{base.name}_seed{seed}", seed=seed,
                                description=f"{base.description}, seed {seed}")
 
 
 def subset_recipe(base, fraction):
     """``base`` trained on a stratified ``fraction`` of its training split, for ``round(epochs / sqrt(fraction))``
-    epochs; named ``<base>_data<percent>``."""
-    epochs = max(1, round(base.training.epochs / fraction ** 0.5))
+    epochs, with its early-stopping patience scaled alike (so that it waits as many examples as the full recipe);
+    named ``<base>_data<percent>``."""
+    scale = fraction ** -0.5
+    epochs = max(1, round(base.training.epochs * scale))
+    patience = base.training.early_stopping_patience
     percent = f"{100 * fraction:g}"
     return dataclasses.replace(
         base, name=f"{base.name}_data{percent}", fraction=fraction,
-        training=dataclasses.replace(base.training, epochs=epochs),
+        training=dataclasses.replace(base.training, epochs=epochs,
+                                     early_stopping_patience=None if patience is None else round(patience * scale)),
         description=f"{base.description}, {percent}% of the training data",
     )
 
 
-def _build_recipes():
-    recipes = [
+def _base_recipes():
+    """``(recipe, seeds)`` of every seed-0 recipe."""
+    main = [
         _VIT,
         _RESNET,
         dataclasses.replace(_VIT, name="vit_gap", model_overrides={"classifier": "gap"},
                             description="ViT-CPU/4, global-average-pooling classifier"),
+        _MIXER,
     ]
-    for where, block in NOSKIP_BLOCKS.items():
-        recipes.append(dataclasses.replace(
-            _VIT, name=f"vit_noskip_{where}", model_overrides={"skip_blocks_removed": (block,)},
-            description=f"ViT-CPU/4 without the two skip connections of block {block} ({where})"))
-    recipes.append(_MIXER)
-    recipes += [subset_recipe(base, fraction) for base in (_VIT, _RESNET) for fraction in DATA_FRACTIONS]
-    recipes += [seed_recipe(base, seed) for base in (_VIT, _RESNET) for seed in EXTRA_SEEDS]
+    secondary = [dataclasses.replace(
+        _VIT, name=f"vit_noskip_{where}", model_overrides={"skip_blocks_removed": (block,)},
+        description=f"ViT-CPU/4 without the two skip connections of block {block} ({where})")
+        for where, block in NOSKIP_BLOCKS.items()]
+    secondary += [subset_recipe(_VIT, fraction) for fraction in DATA_FRACTIONS]
+    return [(recipe, MAIN_SEEDS) for recipe in main] + [(recipe, SECONDARY_SEEDS) for recipe in secondary]
+
+
+def _build_recipes():
+    recipes = [seed_recipe(base, seed) for base, seeds in _base_recipes() for seed in seeds]
     return {recipe.name: recipe for recipe in recipes}
 
 
 RECIPES = _build_recipes()
+# {seed-0 recipe name: [its recipes, seed 0 first]}
+SEEDS_OF = {base.name: [seed_recipe(base, seed).name for seed in seeds] for base, seeds in _base_recipes()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,50 +234,86 @@ def _model_overrides(recipe, num_classes, data_dir):
 
 
 def recipe_dir(recipe, results_dir=DEFAULT_RESULTS_DIR):
-    """The cache folder of ``recipe``: ``<results_dir>/<recipe name>``."""
-    return os.path.join(os.fspath(results_dir), get_recipe(recipe).name)
+    """The folder of ``recipe``: ``<results_dir>/<recipe name>``, or ``<SHIPPED_DIR>/<recipe name>`` for None."""
+    folder = SHIPPED_DIR if results_dir is None else os.fspath(results_dir)
+    return os.path.join(folder, get_recipe(recipe).name)
 
 
 def cached_record(recipe, results_dir=DEFAULT_RESULTS_DIR):
-    """The record of a complete, valid cache entry for ``recipe``, or ``None`` (with the reason logged)."""
+    """The record of the valid entry of ``recipe`` in ``results_dir``.
+
+    A folder: the record, or None (the reason logged) when the entry is missing or invalid. None (the shipped zoo):
+    the record; :class:`ShippedZooError` naming the file when the recipe is not shipped, its record is unreadable
+    or from another recipe, or its weights are missing or do not match the record's sha256.
+    """
     recipe = get_recipe(recipe)
-    folder = recipe_dir(recipe, results_dir)
+    record, problem = _check_entry(recipe, recipe_dir(recipe, results_dir))
+    if results_dir is None and record is None:
+        if problem is None:
+            record_path = os.path.join(recipe_dir(recipe, None), training.RECORD_FILE)
+            raise ShippedZooError(f"zoo recipe {recipe.name!r} is not in the shipped zoo ({record_path} not found); "
+                                  "pass --zoo-dir DIR (results_dir=DIR) to train it from its recipe")
+        raise ShippedZooError(f"shipped zoo: {problem}; pass --zoo-dir DIR (results_dir=DIR) to train "
+                              f"{recipe.name!r} from its recipe instead")
+    if problem:
+        _LOG.warning("zoo: %s: %s; retraining", recipe.name, problem)
+    return record
+
+
+def _check_entry(recipe, folder):
+    """``(record, None)`` for a valid entry of ``recipe`` in ``folder``; ``(None, None)`` without a record file;
+    ``(None, why)`` for an invalid one."""
     record_path = os.path.join(folder, training.RECORD_FILE)
     try:
         with open(record_path) as handle:
             record = json.load(handle)
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError) as error:
-        _LOG.warning("zoo: %s: unreadable record %s (%s); retraining", recipe.name, record_path, error)
-        return None
+        return None, f"unreadable record {record_path} ({error})"
     if not isinstance(record, dict) or not isinstance(record.get("data"), dict) \
-            or "num_classes" not in record["data"]:
-        _LOG.warning("zoo: %s: %s is not a zoo record; retraining", recipe.name, record_path)
-        return None
+            or "num_classes" not in record["data"] or not isinstance(record.get("weights_file"), str):
+        return None, f"{record_path} is not a zoo record"
     if record.get("recipe_fingerprint") != recipe.fingerprint():
-        _LOG.warning("zoo: %s: the recipe changed since %s was written; retraining", recipe.name, record_path)
-        return None
-    weights_path = os.path.join(folder, str(record.get("weights_file")))
+        return None, (f"{record_path}: its weights were trained from another recipe than the code's {recipe.name!r} "
+                      f"(recipe_fingerprint {record.get('recipe_fingerprint')}, the code's {recipe.fingerprint()})")
+    weights_path = os.path.join(folder, record["weights_file"])
     try:
         digest = atomic_io.sha256_file(weights_path)
+    except FileNotFoundError:
+        return None, f"weights {weights_path} missing (named by {record_path})"
     except OSError as error:
-        _LOG.warning("zoo: %s: weights %s unreadable (%s); retraining", recipe.name, weights_path, error)
-        return None
+        return None, f"weights {weights_path} unreadable ({error.strerror or error}), named by {record_path}"
     if digest != record.get("weights_sha256"):
-        _LOG.warning("zoo: %s: weights %s do not match the record's sha256 (truncated or corrupted); retraining",
-                     recipe.name, weights_path)
-        return None
-    return record
+        return None, (f"weights {weights_path} do not match their record {record_path} (truncated or corrupted): "
+                      f"sha256 {digest}, recorded {record.get('weights_sha256')}")
+    return record, None
 
 
 def load_or_train(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_dir=None, cache_dir=None,
                   verbose="auto"):
-    """The trained model of ``recipe`` (a name of :data:`RECIPES` or a :class:`Recipe`) as a :class:`ZooEntry`:
-    loaded from ``results_dir`` when a valid cache entry exists (and ``retrain`` is false), else trained and
-    cached. ``data_dir`` / ``cache_dir`` are passed to :func:`vitcnn_tf.data.load_dataset`."""
+    """The trained model of ``recipe`` (a name of :data:`RECIPES` or a :class:`Recipe`) as a :class:`ZooEntry`.
+
+    ``results_dir`` a folder: loaded from its valid entry (unless ``retrain``), else trained and cached there.
+    None: the shipped weights, never trained (:class:`ShippedZooError` as :func:`cached_record`; ValueError for
+    ``retrain=True``). ``data_dir`` / ``cache_dir`` are passed to :func:`vitcnn_tf.data.load_dataset`.
+    """
     recipe = get_recipe(recipe)
     folder = recipe_dir(recipe, results_dir)
+    if results_dir is None:
+        if retrain:
+            raise ValueError(f"zoo recipe {recipe.name!r}: retrain=True needs a results_dir folder; the shipped zoo "
+                             "is never retrained")
+        record = cached_record(recipe, None)
+        model = build_model(recipe, num_classes=record["data"]["num_classes"])
+        weights_path = os.path.join(folder, record["weights_file"])
+        try:
+            training.load_weights(model, weights_path, WEIGHTS_FORMAT)
+        except (OSError, ValueError) as error:
+            raise ShippedZooError(f"shipped weights {weights_path} do not load into {recipe.name!r}: {error}") \
+                from None
+        _LOG.info("zoo: %s: loaded the shipped weights %s", recipe.name, folder)
+        return ZooEntry(model, record, trained=False)
     record = None if retrain else cached_record(recipe, results_dir)
     if record is not None:
         model = build_model(recipe, num_classes=record["data"]["num_classes"])
@@ -273,9 +334,67 @@ def get_model(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_di
                          verbose=verbose).model
 
 
-# Single-threaded training seconds per example on a 2-core AMD EPYC (AVX2, oneDNN) and the fixed
-# cost of a run (graph tracing, evaluations): scheduling estimates for train_recipes, longest first.
-SECONDS_PER_EXAMPLE = {"vit": 0.0029, "mixer": 0.0025, "resnet": 0.0066}
+def shipped_recipes():
+    """The names of :data:`RECIPES` with a folder in the shipped zoo (valid or not), in recipe order."""
+    return [name for name in RECIPES if os.path.isdir(os.path.join(SHIPPED_DIR, name))]
+
+
+def shipped_size_bytes():
+    """The total size in bytes of the shipped zoo's files (every ``<SHIPPED_DIR>/<recipe>/*``)."""
+    total = 0
+    if not os.path.isdir(SHIPPED_DIR):
+        return 0
+    for name in sorted(os.listdir(SHIPPED_DIR)):
+        folder = os.path.join(SHIPPED_DIR, name)
+        if name.startswith(".") or not os.path.isdir(folder):
+            continue
+        total += sum(os.path.getsize(os.path.join(folder, file)) for file in os.listdir(folder)
+                     if os.path.isfile(os.path.join(folder, file)))
+    return total
+
+
+def ship(results_dir, recipes=None):
+    """Copies the valid entries of ``recipes`` (names or :class:`Recipe` s; default every recipe of
+    :data:`RECIPES`) from the folder ``results_dir`` into the shipped zoo (:data:`SHIPPED_DIR`), replacing each
+    recipe's shipped folder atomically. Returns ``{name: record}``. ValueError naming the recipe when one has no
+    valid entry in ``results_dir`` (checked for every recipe before anything is copied)."""
+    _require_folder(results_dir, "ship")
+    recipes = list({recipe.name: recipe for recipe in map(get_recipe, RECIPES if recipes is None else recipes)}
+                   .values())
+    records = {}
+    for recipe in recipes:
+        record, problem = _check_entry(recipe, recipe_dir(recipe, results_dir))
+        if record is None:
+            raise ValueError(f"ship: zoo recipe {recipe.name!r} has no valid entry in {results_dir}: "
+                             f"{problem or 'not trained'}; train it with python -m experiments.train --recipe "
+                             f"{recipe.name} --results-dir {results_dir}")
+        records[recipe.name] = record
+    os.makedirs(SHIPPED_DIR, exist_ok=True)
+    for recipe in recipes:
+        source, target = recipe_dir(recipe, results_dir), recipe_dir(recipe, None)
+        staging = atomic_io.fresh_sibling(target)
+        for name in (records[recipe.name]["weights_file"], training.RECORD_FILE):
+            shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))
+        copied, problem = _check_entry(recipe, staging)
+        if copied != records[recipe.name]:
+            shutil.rmtree(staging)
+            raise ValueError(f"ship: zoo recipe {recipe.name!r}: {source} changed while it was copied"
+                             f"{': ' + problem if problem else ''}")
+        atomic_io.replace_folder(staging, target)
+        _LOG.info("zoo: %s: shipped from %s", recipe.name, source)
+    return records
+
+
+def _require_folder(results_dir, what):
+    if results_dir is None:
+        raise ValueError(f"{what}: expected a results_dir folder, got None (the shipped zoo, which is loaded, never "
+                         "trained into)")
+
+
+# Single-threaded training CPU seconds per example and epoch on a 2-core AMD EPYC (AVX-512, oneDNN; the shipped
+# zoo's records) and the fixed cost of a run (graph tracing, evaluations): scheduling estimates for train_recipes,
+# longest first.
+SECONDS_PER_EXAMPLE = {"vit": 0.0028, "mixer": 0.0025, "resnet": 0.0058}
 FIXED_SECONDS = 20.0
 
 
@@ -291,6 +410,7 @@ def estimated_seconds(recipe, data_dir=None, cache_dir=None):
 def training_task(recipe, results_dir=DEFAULT_RESULTS_DIR, *, data_dir=None, cache_dir=None, verbose=0, name=None):
     """A :class:`vitcnn_tf.parallel.Task` (named ``name`` or the recipe's name) that trains ``recipe`` into its
     cache folder and returns the record; its cost is :func:`estimated_seconds`."""
+    _require_folder(results_dir, "training_task")
     recipe = get_recipe(recipe)
     return parallel.Task(name or recipe.name, _train_recipe, (recipe, os.fspath(results_dir), data_dir, cache_dir),
                          {"verbose": verbose}, cost=estimated_seconds(recipe, data_dir, cache_dir))
@@ -301,7 +421,9 @@ def train_recipes(recipes, results_dir=DEFAULT_RESULTS_DIR, *, num_workers=None,
     """Makes sure every recipe of ``recipes`` (names or :class:`Recipe` s) has a valid cache entry, training the
     missing ones in ``num_workers`` single-threaded worker processes (default: one per CPU; 1 trains here, with
     Keras progress bars), the longest first. Returns ``{name: (record, trained)}`` in the order given.
-    ``on_done(name, record, trained)`` is called as each recipe is ready (cached ones first)."""
+    ``on_done(name, record, trained)`` is called as each recipe is ready (cached ones first). ValueError for
+    ``results_dir=None`` (training needs a folder)."""
+    _require_folder(results_dir, "train_recipes")
     recipes = list({recipe.name: recipe for recipe in map(get_recipe, recipes)}.values())
     if num_workers is None:
         num_workers = parallel.default_num_workers()
@@ -347,6 +469,8 @@ def _train(recipe, folder, data_dir, cache_dir, verbose):
         recipe.dataset, recipe.train_split, batch_size=512, shuffle=False, subset_seed=recipe.subset_seed,
         num_examples=min(TRAIN_EVAL_EXAMPLES, train_examples), **common)
     test_data = data_lib.load_dataset(recipe.dataset, recipe.test_split, batch_size=512, shuffle=False, **common)
+    validation_data = None if recipe.validation_split is None else data_lib.load_dataset(
+        recipe.dataset, recipe.validation_split, batch_size=512, shuffle=False, **common)
     model = build_model(recipe, num_classes=info.num_classes)
     _LOG.info("zoo: %s: training (%s) into %s", recipe.name, recipe.description or recipe.architecture, folder)
     data_record = {
@@ -358,10 +482,14 @@ def _train(recipe, folder, data_dir, cache_dir, verbose):
         "train_accuracy_examples": min(TRAIN_EVAL_EXAMPLES, train_examples),
         "test_examples": data_lib.split_size(recipe.dataset, recipe.test_split, data_dir=data_dir,
                                              cache_dir=cache_dir),
+        "validation_split": recipe.validation_split,
+        "validation_examples": None if recipe.validation_split is None else data_lib.split_size(
+            recipe.dataset, recipe.validation_split, data_dir=data_dir, cache_dir=cache_dir),
     }
     record = training.fit(
         model, train_data, test_data, recipe.training, seed=recipe.seed, output_dir=folder,
-        train_eval_data=train_eval_data, weights_format=WEIGHTS_FORMAT, verbose=verbose,
+        train_eval_data=train_eval_data, validation_data=validation_data, weights_format=WEIGHTS_FORMAT,
+        verbose=verbose,
         record_extra={
             "recipe": recipe.to_dict(),
             "recipe_fingerprint": recipe.fingerprint(),

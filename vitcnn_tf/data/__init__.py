@@ -4,8 +4,8 @@
 point. Names:
 
 * ``"shapes10"`` (default): a procedurally generated, seeded 10-class set of 32x32 RGB shapes on cluttered,
-  noisy backgrounds (:mod:`vitcnn_tf.data.shapes`); 10,000 train / 2,000 test images, generated in seconds
-  and cached under ``cache_dir``. No download.
+  noisy backgrounds (:mod:`vitcnn_tf.data.shapes`); 10,000 train / 2,000 test images, and the zoo's 30,000
+  ``train_large`` / 2,000 ``validation`` images, generated in seconds and cached under ``cache_dir``. No download.
 * ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to ``image_size``,
   grey repeated to RGB, a fixed stratified 80/20 train/test split.
 * ``"image_folder"``: ``tfds.folder_dataset.ImageFolder(data_dir)``, a folder ``root/split/label/image.png``.

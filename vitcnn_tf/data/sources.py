@@ -18,7 +18,9 @@ from vitcnn_tf import atomic_io
 from vitcnn_tf.data import shapes
 from vitcnn_tf.data.subsets import stratified_subset_indices
 
-SHAPES10_SPLITS = {"train": (10_000, 0), "test": (2_000, 1)}  # split -> (num_examples, generator seed)
+# split -> (num_examples, generator seed). "train_large" and "validation" are the zoo's training and early-stopping
+# sets; "train" (the few-shot probes' pool) and "test" (every evaluation) are held out from both.
+SHAPES10_SPLITS = {"train": (10_000, 0), "test": (2_000, 1), "train_large": (30_000, 2), "validation": (2_000, 3)}
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 EMBEDDED_DATASETS = ("shapes10", "digits")

@@ -17,24 +17,33 @@ intervals over the examples; a head attending uniformly to all ``P`` patches has
 Memory: one minibatch's attention maps of every block at once, ``b * L * H * T^2`` float32: 2.4 GB for ViT-L/16 at
 224 px (T = 197, 24 blocks, 16 heads) and minibatch 32; use minibatches of 32 for the paper's models.
 
-Findings, with ``k = max(1, L // 3)`` lowest / highest blocks of each model (2 of 6, 4 of 12, 8 of 24):
+Findings, with ``k = max(1, L // 3)`` lowest / highest blocks of each model (2 of 6, 4 of 12, 8 of 24) and every
+head's distance as a ratio ``r`` of its model's uniform-attention distance (a local head: ``r <
+LOCAL_HEAD_RATIO = 0.5``; a global one: ``r > GLOBAL_HEAD_RATIO = 0.8``):
 
-* ``lower_layers_mix_local_and_global_heads`` (first model): mean spread of the ``k`` lowest blocks minus that of
-  the ``k`` highest; claim > 0 (lower blocks hold local and global heads, higher blocks only global ones).
-* ``less_data_no_local_heads`` (first little-data model against its twin, the first model): the smallest head
-  distance in the little-data ViT's ``k`` lowest blocks minus that in the full-data ViT's ``k`` lowest blocks;
-  claim > 0 (with less data no head learns to attend locally).
+* ``lower_layers_mix_local_and_global_heads`` (first model): the smallest of three margins, ``0.5 - min r`` over
+  the heads of the ``k`` lowest blocks, ``max r`` there ``- 0.8`` and ``min r`` over the ``k`` highest blocks
+  ``- 0.8``; claim > 0 (lower blocks hold a local and a global head, higher blocks only global ones).
+* ``less_data_no_local_heads`` (first little-data model against its twin, the first model): the smaller of
+  ``0.5 - min r`` of the full-data ViT's ``k`` lowest blocks and ``min r`` of the little-data ViT's ``k`` lowest
+  blocks ``- 0.5``; claim > 0 (the full-data ViT learns a local head, the little-data one none).
+
+Both list their parts in ``detail["conditions"]`` (text, the ratio on all the examples, met).
 """
 
 import numpy as np
 
-from vitcnn_tf import findings, plotting, representations
+from vitcnn_tf import claims, findings, plotting, representations
 from vitcnn_tf.analysis import attention, bootstrap
 from vitcnn_tf.data.elements import element_images
 from vitcnn_tf.paper import common, evaluation
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
 
 ATTENTION_TAPS = r"block\d+/attn"
+LOCAL_HEAD_RATIO = 0.5
+"""A local head: mean attention distance below half the uniform-attention distance."""
+GLOBAL_HEAD_RATIO = 0.8
+"""A global head: mean attention distance above 0.8 times the uniform-attention distance."""
 
 
 def attention_distances(model, data, progress=False):
@@ -105,61 +114,115 @@ def entropy_intervals(per_example, num_resamples=1000, seed=0):
     return per_model
 
 
+def distance_ratios(distances, reference, name):
+    """``[..., N, L, H]`` head distances (pixels) -> ``[..., L, H]`` mean over the examples divided by the
+    uniform-attention distance ``reference`` (pixels, > 0; ``name`` names it in the error)."""
+    if not (np.isfinite(reference) and reference > 0):
+        raise ValueError(f"{name}: expected the positive uniform-attention distance in pixels, got {reference!r}")
+    return distances.mean(axis=-3) / reference
+
+
 def spread_finding(label, distances, reference, num_resamples=1000, seed=0):
-    """``lower_layers_mix_local_and_global_heads`` on model ``label``'s ``[N, L, H]`` distances."""
+    """``lower_layers_mix_local_and_global_heads`` on model ``label``'s ``[N, L, H]`` distances (pixels), with its
+    uniform-attention distance ``reference`` (pixels)."""
     lowest, highest = common.extreme_blocks(distances.shape[1])
 
-    def spread_contrast(d):
-        spreads = block_spreads(d.mean(axis=1))
-        return spreads[:, lowest].mean(axis=1) - spreads[:, highest].mean(axis=1)
+    def margins(ratios):
+        """``[..., L, H]`` ratios -> ``[..., 3]`` margins of the three conditions (module docstring)."""
+        lower, upper = ratios[..., lowest, :], ratios[..., highest, :]
+        return np.stack([LOCAL_HEAD_RATIO - lower.min(axis=(-2, -1)), lower.max(axis=(-2, -1)) - GLOBAL_HEAD_RATIO,
+                         upper.min(axis=(-2, -1)) - GLOBAL_HEAD_RATIO], axis=-1)
 
-    value, low, high = bootstrap.bootstrap_interval(spread_contrast, distances, num_resamples=num_resamples,
-                                                    seed=seed, vectorized=True)
+    ratios = distance_ratios(distances, reference, "reference")
+    value, low, high = bootstrap.bootstrap_interval(
+        lambda d: margins(distance_ratios(d, reference, "reference")).min(axis=-1), distances,
+        num_resamples=num_resamples, seed=seed, vectorized=True)
+    # Each text states what was measured: the claimed wording when the condition is met, its negation if not.
+    met = [bool(margin > 0) for margin in margins(ratios)]
+    lowest_min, lowest_max = float(ratios[lowest].min()), float(ratios[lowest].max())
+    highest_min = float(ratios[highest].min())
+    conditions = [
+        {"text": f"the lowest {len(lowest)} blocks hold {'a' if met[0] else 'no'} head below {LOCAL_HEAD_RATIO:g}x "
+                 f"the uniform distance (smallest {lowest_min:.2f}x)", "value": lowest_min, "met": met[0]},
+        {"text": f"the lowest {len(lowest)} blocks hold {'a' if met[1] else 'no'} head above {GLOBAL_HEAD_RATIO:g}x "
+                 f"the uniform distance (largest {lowest_max:.2f}x)", "value": lowest_max, "met": met[1]},
+        {"text": f"the highest {len(highest)} blocks hold {'no' if met[2] else 'a'} head below "
+                 f"{GLOBAL_HEAD_RATIO:g}x the uniform distance (smallest {highest_min:.2f}x)", "value": highest_min,
+         "met": met[2]}]
     mean = distances.mean(axis=0)
+    key = "lower_layers_mix_local_and_global_heads"
+    threshold, direction = claims.threshold(key)
     return findings.Finding(
-        key="lower_layers_mix_local_and_global_heads", section="5",
+        key=key, section="5",
         claim="Lower ViT layers mix local and global heads; higher layers attend only globally",
-        quantity=f"mean head-distance spread (max - min, pixels) of the lowest {len(lowest)} blocks minus that of the "
-                 f"highest {len(highest)} blocks, {label}",
-        value=value, low=low, high=high, threshold=0.0, direction="greater",
+        quantity=f"{label}: with r = head mean distance / uniform-attention distance ({reference:.3g} px), the "
+                 f"smallest of {LOCAL_HEAD_RATIO:g} - min r over the heads of the lowest {len(lowest)} blocks, "
+                 f"max r there - {GLOBAL_HEAD_RATIO:g}, and min r over the highest {len(highest)} blocks - "
+                 f"{GLOBAL_HEAD_RATIO:g}",
+        value=value, low=low, high=high, threshold=threshold, direction=direction,
         detail={"model": label, "num_examples": int(distances.shape[0]), "lowest_blocks": lowest,
-                "highest_blocks": highest, "interval": "bootstrap over examples",
+                "highest_blocks": highest, "interval": "bootstrap over examples", "conditions": conditions,
+                "block_min_ratio": ratios.min(axis=1).tolist(), "block_max_ratio": ratios.max(axis=1).tolist(),
                 "block_spreads": block_spreads(mean).tolist(),
                 "lowest_blocks_min_head_distance": float(mean[lowest].min()),
                 "highest_blocks_min_head_distance": float(mean[highest].min()),
                 "uniform_attention_distance": reference})
 
 
-def less_data_finding(full_label, full, little_label, little, num_resamples=1000, seed=0):
-    """``less_data_no_local_heads``: ``[N, L1, H1]`` full-data and ``[N, L2, H2]`` little-data distances of the same
-    ``N`` examples (block and head counts may differ: each model's own lowest blocks are used)."""
+def less_data_finding(full_label, full, little_label, little, *, full_reference, little_reference,
+                      num_resamples=1000, seed=0):
+    """``less_data_no_local_heads``: ``[N, L1, H1]`` full-data and ``[N, L2, H2]`` little-data distances (pixels)
+    of the same ``N`` examples (block and head counts may differ: each model's own lowest blocks are used), with
+    each model's uniform-attention distance (pixels)."""
     if full.shape[0] != little.shape[0]:
         raise ValueError(f"{full_label!r} and {little_label!r}: distances of {full.shape[0]} and {little.shape[0]} "
                          "examples; the paired bootstrap needs the same examples")
     lowest_full, _ = common.extreme_blocks(full.shape[1])
     lowest_little, _ = common.extreme_blocks(little.shape[1])
 
-    def local_gap(full_d, little_d):
-        return (little_d.mean(axis=1)[:, lowest_little].min(axis=(1, 2))
-                - full_d.mean(axis=1)[:, lowest_full].min(axis=(1, 2)))
+    def smallest_ratios(full_d, little_d):
+        """``([...] full-data, [...] little-data)`` smallest head ratio of each model's lowest blocks."""
+        return (distance_ratios(full_d, full_reference, "full_reference")[..., lowest_full, :].min(axis=(-2, -1)),
+                distance_ratios(little_d, little_reference, "little_reference")[..., lowest_little, :]
+                .min(axis=(-2, -1)))
 
-    value, low, high = bootstrap.bootstrap_interval(local_gap, full, little, num_resamples=num_resamples, seed=seed,
+    def margin(full_d, little_d):
+        full_min, little_min = smallest_ratios(full_d, little_d)
+        return np.minimum(LOCAL_HEAD_RATIO - full_min, little_min - LOCAL_HEAD_RATIO)
+
+    value, low, high = bootstrap.bootstrap_interval(margin, full, little, num_resamples=num_resamples, seed=seed,
                                                     vectorized=True)
+    full_min, little_min = (float(v) for v in smallest_ratios(full, little))
     same_blocks = lowest_full == lowest_little
     blocks_text = (f"the lowest {len(lowest_full)} blocks" if same_blocks else
-                   f"the lowest blocks ({len(lowest_little)} of {little.shape[1]} and {len(lowest_full)} of "
-                   f"{full.shape[1]})")
+                   f"the lowest blocks ({len(lowest_full)} of {full.shape[1]} and {len(lowest_little)} of "
+                   f"{little.shape[1]})")
+    # Each text states what was measured: the claimed wording when the condition is met, its negation if not.
+    full_met, little_met = full_min < LOCAL_HEAD_RATIO, little_min > LOCAL_HEAD_RATIO
+    conditions = [
+        {"text": f"the full-data ViT ({full_label}) holds {'a' if full_met else 'no'} local head (< "
+                 f"{LOCAL_HEAD_RATIO:g}x the uniform distance) in its lowest {len(lowest_full)} blocks (smallest "
+                 f"{full_min:.2f}x)", "value": full_min, "met": full_met},
+        {"text": f"the little-data ViT ({little_label}) holds {'no' if little_met else 'a'} local head in its lowest "
+                 f"{len(lowest_little)} blocks (smallest {little_min:.2f}x)", "value": little_min, "met": little_met}]
     detail = {"full_data_model": full_label, "little_data_model": little_label, "lowest_blocks": lowest_full,
               "num_examples": int(full.shape[0]), "interval": "paired bootstrap over examples",
+              "conditions": conditions, "full_data_min_ratio": full_min, "little_data_min_ratio": little_min,
+              "little_minus_full_min_ratio": little_min - full_min,
               "full_data_min_head_distance": float(full.mean(axis=0)[lowest_full].min()),
-              "little_data_min_head_distance": float(little.mean(axis=0)[lowest_little].min())}
+              "little_data_min_head_distance": float(little.mean(axis=0)[lowest_little].min()),
+              "uniform_attention_distances": {full_label: full_reference, little_label: little_reference}}
     if not same_blocks:
         detail["little_data_lowest_blocks"] = lowest_little
+    key = "less_data_no_local_heads"
+    threshold, direction = claims.threshold(key)
     return findings.Finding(
-        key="less_data_no_local_heads", section="5",
+        key=key, section="5",
         claim="With less training data, the lower attention layers do not learn to attend locally",
-        quantity=f"smallest head distance (pixels) in {blocks_text}, {little_label} minus {full_label}",
-        value=value, low=low, high=high, threshold=0.0, direction="greater", detail=detail)
+        quantity=f"with r = head mean distance / the model's uniform-attention distance ({full_reference:.3g} and "
+                 f"{little_reference:.3g} px) and min r over {blocks_text}: the smaller of {LOCAL_HEAD_RATIO:g} - "
+                 f"min r of {full_label} and min r of {little_label} - {LOCAL_HEAD_RATIO:g}",
+        value=value, low=low, high=high, threshold=threshold, direction=direction, detail=detail)
 
 
 def run(models, data, *, little_data_models=None, num_resamples=1000, seed=0, progress=False):
@@ -207,7 +270,9 @@ def run(models, data, *, little_data_models=None, num_resamples=1000, seed=0, pr
     if twins:
         full_label, little_label = twins[0]
         found.append(less_data_finding(full_label, per_example[full_label], little_label, per_example[little_label],
-                                       num_resamples, seed))
+                                       full_reference=references[full_label],
+                                       little_reference=references[little_label], num_resamples=num_resamples,
+                                       seed=seed))
     arrays = {"attention_distances": {
         name: value for label, distances in per_example.items()
         for name, value in ((f"{label}.per_example", distances), (f"{label}.mean", per_model[label]["mean"]),
@@ -290,13 +355,18 @@ def _heads_figure(label, values, reference):
         heads = {f"block {block}": (np.arange(num_heads), ordered[block]) for block in range(num_blocks)}
         return plotting.line_plot(heads, title=f"{label}: heads sorted by mean attention distance",
                                   xlabel="head (sorted)", ylabel="mean attention distance (pixels)",
-                                  hlines={"uniform attention": reference}, ylim=(0, None),
-                                  xticks=common.block_ticks(num_heads), legend_title="block")
+                                  hlines={f"uniform attention ({reference:.3g} px)": reference,
+                                          **{f"{ratio:g}x uniform ({ratio * reference:.3g} px): {text}":
+                                             ratio * reference for ratio, text in (
+                                              (GLOBAL_HEAD_RATIO, "global heads above"),
+                                              (LOCAL_HEAD_RATIO, "local heads below"))}},
+                                  ylim=(0, None), xticks=common.block_ticks(num_heads), legend_title="block")
 
     return FigureSpec(
         file=f"attention_heads_{label}.png", paper_figure="3",
         caption=f"{label}: the heads of every block sorted by mean attention distance, one line per block "
-                "(the paper's Figure 3 layout).",
+                "(the paper's Figure 3 layout); dashed lines: uniform attention and the local / global head bounds "
+                f"({LOCAL_HEAD_RATIO:g}x and {GLOBAL_HEAD_RATIO:g}x of it) of the findings.",
         look_for="The lowest blocks' lines start near zero (local heads) and rise to global heads; the highest "
                  "blocks' lines are flat near the uniform-attention distance.", draw=draw)
 
@@ -313,8 +383,9 @@ def _spread_figure(per_model):
     return FigureSpec(
         file="attention_spread.png", paper_figure="",
         caption="Spread (max - min) of the heads' mean attention distances per block, with 95% bands, every model.",
-        look_for="A large spread in the lower blocks that shrinks with depth (ours: the statistic of the finding "
-                 "lower_layers_mix_local_and_global_heads).", draw=draw)
+        look_for="A large spread in the lower blocks that shrinks with depth (ours; the finding "
+                 "lower_layers_mix_local_and_global_heads asks for heads beyond fixed fractions of the uniform "
+                 "distance instead).", draw=draw)
 
 
 def _entropy_figure(entropies, reference):

@@ -17,9 +17,9 @@ and the CPU zoo uses models trained on 3%, 10%, 30% and all of its training set.
 Arrays: ``data_scale_cka`` (per group ``<arch>/<label>/cka`` [L, L], reference blocks x model blocks, and
 ``<arch>/blocks``) and ``data_scale_probes`` (per model ``<label>/gap`` [L, S] accuracies, ``depth``, ``layers``).
 
-Finding (95% percentile bootstrap over minibatches):
+Finding (95% percentile bootstrap over minibatches; threshold from ``vitcnn_tf.claims``):
   less_data_hurts_higher_layers_more  for the ViT trained on the smallest fraction: mean CKA to the reference
-      over the lowest third of the blocks minus over the highest third (at least one block each), > 0
+      over the lowest third of the blocks minus over the highest third (at least one block each), > 0.1
       (the same number for the other architectures is in the detail)
 
 The finding also reports (``measure_checks``, on ``check_examples`` evenly spaced images, default 256) the same
@@ -30,7 +30,7 @@ examples shuffled.
 
 import numpy as np
 
-from vitcnn_tf import plotting, representations
+from vitcnn_tf import claims, plotting, representations
 from vitcnn_tf.analysis import bootstrap, probes
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.models import model_family
@@ -259,6 +259,7 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
         checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
         checks = data_scale_checks(models[smallest], models[groups["vit"]["reference"]], checked, batch_size,
                                    num_permutations=null_permutations, seed=seed)
+        threshold, direction = claims.threshold("less_data_hurts_higher_layers_more")
         findings.append(Finding(
             key="less_data_hurts_higher_layers_more", section="8",
             claim="With less training data, lower-layer representations stay similar to those learned with all the "
@@ -267,7 +268,7 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
                      f"{groups['vit']['reference']} at the same block, mean over the lowest blocks "
                      f"{[cka['vit']['blocks'][i] for i in low]} minus over the highest "
                      f"{[cka['vit']['blocks'][i] for i in high]}",
-            value=value["value"], low=value["low"], high=value["high"], threshold=0.0, direction="greater",
+            value=value["value"], low=value["low"], high=value["high"], threshold=threshold, direction=direction,
             detail=evaluation.finding_detail(context, len(images), batch_size, seed,
                                              models=[smallest, groups["vit"]["reference"]],
                                              resamples=bootstrap_resamples, other_architectures=other,

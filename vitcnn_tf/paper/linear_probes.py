@@ -29,14 +29,15 @@ ViT-B/16 at 10,000 train images. BiT-R50x1's last-stage outputs (2,048 channels)
 per example, 1.6 GB for 11,024 images: one layer per chunk. The datasets must yield the same examples in the
 same order on every pass (checked through their labels).
 
-Finding (95% percentile bootstrap over the probe seeds; every seed's difference is paired):
+Finding (95% percentile bootstrap over the probe seeds; every seed's difference is paired; threshold from
+``vitcnn_tf.claims``):
   cls_vit_spatial_tokens_probe_poorly  top-layer mean per-token accuracy of the GAP ViT minus that of the CLS
-                                       ViT's spatial tokens, > 0
+                                       ViT's spatial tokens, > 0.05 (5 points)
 """
 
 import numpy as np
 
-from vitcnn_tf import grids, plotting, representations
+from vitcnn_tf import claims, grids, plotting, representations
 from vitcnn_tf.analysis import bootstrap, probes, tokens
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.paper import common, evaluation
@@ -287,13 +288,14 @@ def run(cls_vit, gap_vit=None, resnet=None, *, train_data, test_data, num_classe
             estimate, low, high = bootstrap.bootstrap_interval(np.mean, difference, num_resamples=1000, seed=seed)
         else:
             estimate, low, high = float(difference[0]), np.nan, np.nan
+        threshold, direction = claims.threshold("cls_vit_spatial_tokens_probe_poorly")
         findings.append(Finding(
             key="cls_vit_spatial_tokens_probe_poorly", section="7",
             claim="In the top layer, single spatial tokens of a CLS-token ViT classify poorly compared with the "
                   "tokens of a GAP ViT",
             quantity=f"{shots}-shot linear-probe accuracy averaged over probed spatial tokens of the top "
                      f"layer ({results[gap_label]['layers'][-1]}): {gap_label} minus {cls_label}",
-            value=estimate, low=low, high=high, threshold=0.0, direction="greater",
+            value=estimate, low=low, high=high, threshold=threshold, direction=direction,
             detail=evaluation.finding_detail(
                 context, num_test, test_batch_size, seed, models=[gap_label, cls_label], shots=shots,
                 seeds=probe_seeds, train_pool=num_train, test_examples=num_test,

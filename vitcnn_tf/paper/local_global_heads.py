@@ -12,8 +12,8 @@
 
 Finding ``local_heads_most_resnet_like``: correlation over the subsets between mean distance and max CKA with the
 lower ResNet layers, pooled within window sizes (both centred within each size, so that subsets are compared only
-with subsets of as many heads); claim < 0. The interval bootstraps the CKA minibatches (head order and distances
-held fixed). The plain correlation is in its detail.
+with subsets of as many heads); claim < -0.5 (``vitcnn_tf.claims``). The interval bootstraps the CKA minibatches
+(head order and distances held fixed). The plain correlation is in its detail.
 
 Checks beyond CKA (``measure_checks``), on ``check_examples`` evenly spaced examples (default 256, whole
 minibatches): the same within-size correlation with orthogonal Procrustes similarity in place of CKA, and the
@@ -24,7 +24,7 @@ ResNet layers of the first subset (the most local window of the smallest size), 
 import keras
 import numpy as np
 
-from vitcnn_tf import findings, plotting, representations
+from vitcnn_tf import claims, findings, plotting, representations
 from vitcnn_tf.analysis import attention, bootstrap
 from vitcnn_tf.data.elements import element_images
 from vitcnn_tf.paper import common, evaluation, measure_checks
@@ -175,12 +175,13 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
                                 measure_checks.take_images(data, indices), batch_size,
                                 compared=f"heads {','.join(map(str, subsets[0]))}",
                                 num_permutations=null_permutations, seed=seed)
+    threshold, direction = claims.threshold("local_heads_most_resnet_like")
     finding = findings.Finding(
         key="local_heads_most_resnet_like", section="5",
         claim="Lower ResNet layers are most similar to the local attention heads of the ViT's first block",
         quantity=f"within-window-size Pearson correlation over {len(subsets)} head subsets of {vit} {block_name} "
                  f"between mean attention distance and max CKA with the lower-half {resnet} layers",
-        value=value, low=low, high=high, threshold=0.0, direction="less",
+        value=value, low=low, high=high, threshold=threshold, direction=direction,
         detail={"vit": vit, "resnet": resnet, "block": block, "num_subsets": len(subsets),
                 "num_examples": num_examples,
                 "plain_correlation": float(np.corrcoef(subset_distance, np.nanmax(cka, axis=1))[0, 1]),

@@ -15,9 +15,10 @@ Localization scores: ``own_share``, the mean over tokens of the share of a token
 on its own patch(es); ``top1_fraction``, the fraction of tokens whose most similar patch is one of their own; and
 ``mean_own_rank``, the mean rank of a token's best own patch (``localization_scores``). A map without spatial
 information (every token's row the same) scores ``k / P``, ``k / P`` and about ``(P + 1) / (k + 1)`` for ``k``
-own patches out of ``P``; ``k / P`` is the threshold of ``cls_vit_tokens_localize``. The findings use
-``own_share`` because ``top1_fraction`` saturates at 1 as soon as every own patch is the maximum of its row,
-which hides differences in how sharply tokens localize (both are reported).
+own patches out of ``P``; ``cls_vit_tokens_localize`` divides the own-patch share by ``k / P`` (the localization
+ratio, 1 without spatial information). The findings use ``own_share`` because ``top1_fraction`` saturates at 1 as
+soon as every own patch is the maximum of its row, which hides differences in how sharply tokens localize (both
+are reported).
 
 Intervals: percentile bootstrap over examples. Each resample redraws the examples (the same draw for every
 model, so model differences are paired) and recomputes the token-patch CKA maps and scores. Only the models of
@@ -27,22 +28,23 @@ grows as the sample shrinks, so replicate scores are biased low and the interval
 estimate. Differences between models share this bias and mostly cancel.
 
 Checks beyond CKA (``measure_checks``, on ``check_examples`` evenly spaced images, default 256): both findings also
-report the same own-patch share (or difference) computed from token-patch Procrustes similarity maps, and the
-permutation null (``null_permutations`` shuffles, default 100) of the CKA they compare: the CLS ViT's mean linear
-CKA between each token and its own patch(es), with the images shuffled against the tokens.
+report the same statistic (localization ratio, relative drop) computed from token-patch Procrustes similarity
+maps, and the permutation null (``null_permutations`` shuffles, default 100) of the CKA they compare: the CLS
+ViT's mean linear CKA between each token and its own patch(es), with the images shuffled against the tokens.
 
 Arrays: ``token_patch_cka`` (per model ``<label>/cka_map`` [T, P], ``own_patches`` [T, P], ``token_grid``).
 
-Findings:
-  cls_vit_tokens_localize   own-patch share of the CLS ViT, > its no-information level k / P
-  gap_vit_localizes_less    own-patch share of the CLS ViT minus that of the GAP ViT, > 0
+Findings (thresholds: ``vitcnn_tf.claims``):
+  cls_vit_tokens_localize   localization ratio of the CLS ViT: its own-patch share / (k / P), > 2
+  gap_vit_localizes_less    relative drop of the own-patch share from the CLS ViT to the GAP ViT,
+                            (CLS share - GAP share) / CLS share, > 0.25
 """
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from vitcnn_tf import plotting, representations
+from vitcnn_tf import claims, plotting, representations
 from vitcnn_tf.analysis import bootstrap, localization
 from vitcnn_tf.analysis.tokens import infer_num_prefix_tokens
 from vitcnn_tf.findings import Finding
@@ -102,12 +104,23 @@ def own_patch_share(cka_map, own_patches):
     return float(np.mean(np.where(own_patches, cka_map, 0.0).sum(axis=1) / totals))
 
 
+def chance_own_share(own_patches):
+    """The own-patch share ``k / P`` of a map without spatial information, for the ``[T, P]`` own-patch mask
+    (mean over tokens of own patches / all patches)."""
+    return float(np.mean(np.asarray(own_patches).sum(axis=1) / np.shape(own_patches)[1]))
+
+
+def relative_drop(share, other_share):
+    """``(share - other_share) / share``: the fraction of ``share`` that ``other_share`` loses."""
+    return (share - other_share) / share
+
+
 def scores_of_map(cka_map, own_patches):
     """``localization_scores`` plus ``own_share`` / ``chance_own_share`` (see ``own_patch_share``) of a
     ``[T, P]`` map and its ``[T, P]`` own-patch mask."""
     scores = localization.localization_scores(cka_map, own_patches=own_patches)
     scores["own_share"] = own_patch_share(cka_map, own_patches)
-    scores["chance_own_share"] = float(np.mean(np.asarray(own_patches).sum(axis=1) / np.shape(own_patches)[1]))
+    scores["chance_own_share"] = chance_own_share(own_patches)
     return scores
 
 
@@ -126,7 +139,8 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
     """Percentile bootstrap over examples of the scores of ``labels`` (one draw of examples per resample, shared
     by all models; every CKA map recomputed): ``{(label, score): interval}``, plus, when ``pair`` is given,
     ``("difference", score)``: the interval of score(pair[0]) - score(pair[1]) (for ``mean_own_rank``, where lower
-    is better, score(pair[1]) - score(pair[0])). Empty when ``labels`` is empty."""
+    is better, score(pair[1]) - score(pair[0])), and ``("relative_drop", "own_share")``: that of the own-patch
+    share's ``relative_drop`` from pair[0] to pair[1]. Empty when ``labels`` is empty."""
     if not labels:
         return {}
     bar = evaluation.progress_bar(resamples + 1, progress, unit_name="resample")
@@ -142,7 +156,9 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
             return values
         first, second = labels.index(pair[0]), labels.index(pair[1])
         differences = [values[s * len(labels) + first] - values[s * len(labels) + second] for s in range(len(SCORES))]
-        return np.append(values, [-d if name == "mean_own_rank" else d for d, name in zip(differences, SCORES)])
+        share = SCORES.index("own_share") * len(labels)
+        return np.append(values, [-d if name == "mean_own_rank" else d for d, name in zip(differences, SCORES)]
+                         + [relative_drop(values[share + first], values[share + second])])
 
     estimate, low, high = bootstrap.bootstrap_interval(
         statistic, images, *[tokens[label] for label in labels], num_resamples=resamples, seed=seed)
@@ -154,13 +170,14 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
         intervals.update({("difference", name): evaluation.interval(estimate[offset + s], low[offset + s],
                                                                      high[offset + s])
                           for s, name in enumerate(SCORES)})
+        intervals[("relative_drop", "own_share")] = evaluation.interval(estimate[-1], low[-1], high[-1])
     return intervals
 
 
 def localization_checks(images, tokens, setups, cls_label, gap_label, patch_size, *, num_permutations, seed):
     """``{finding key: {"second_measure", "null"}}`` of the findings on the checked ``images [m, ...]`` and their
-    ``tokens`` (``{label: [m, T, d]}``): own-patch shares of token-patch Procrustes maps, and the null of the CLS
-    ViT's own-patch linear CKA."""
+    ``tokens`` (``{label: [m, T, d]}``): the findings' statistics (localization ratio, relative drop) from the
+    own-patch shares of token-patch Procrustes maps, and the null of the CLS ViT's own-patch linear CKA."""
     patches = localization.image_patches(images, patch_size)
     patch_factors = measure_checks.array_factors(patches.transpose(1, 0, 2))
     shares = {}
@@ -180,11 +197,13 @@ def localization_checks(images, tokens, setups, cls_label, gap_label, patch_size
         own_patch_cka, len(images), f"{cls_label}: mean over tokens of the linear CKA with their own patch(es) "
         "(images shuffled against the tokens)", "linear CKA (biased HSIC) over the checked examples",
         num_permutations, seed)
+    ratio = shares[cls_label] / chance_own_share(setups[cls_label][1])
     checks = {"cls_vit_tokens_localize": {
-        "second_measure": measure_checks.second_measure(shares[cls_label], len(images)), "null": null}}
+        "second_measure": measure_checks.second_measure(ratio, len(images)), "null": null}}
     if gap_label is not None:
         checks["gap_vit_localizes_less"] = {
-            "second_measure": measure_checks.second_measure(shares[cls_label] - shares[gap_label], len(images)),
+            "second_measure": measure_checks.second_measure(relative_drop(shares[cls_label], shares[gap_label]),
+                                                            len(images)),
             "null": null}
     return checks
 
@@ -298,33 +317,38 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
     detail = dict(patch_size=patch_size, patch_grid=list(patch_grid), resamples=bootstrap_resamples,
                   interval="percentile bootstrap over examples, every CKA map recomputed per resample")
     item = summary_models[cls_label]
-    share = item["own_share_interval"]
+    share, chance = item["own_share_interval"], item["chance_own_share"]
+    threshold, direction = claims.threshold("cls_vit_tokens_localize")
     findings.append(Finding(
         key="cls_vit_tokens_localize", section="7",
         claim="Final-layer tokens of a CLS-token ViT are most similar to their own input patch (they keep "
               "spatial location)",
-        quantity=f"{cls_label} ({item['layer']}): own-patch CKA share (mean over tokens of CKA with the own "
-                 f"patch / CKA summed over all patches); threshold = its level k/P = "
-                 f"{item['chance_own_share']:.3g} for a map without spatial information",
-        value=share["value"], low=share["low"], high=share["high"], threshold=item["chance_own_share"],
-        direction="greater",
+        quantity=f"{cls_label} ({item['layer']}): localization ratio, the own-patch CKA share (mean over tokens of "
+                 f"CKA with the own patch / CKA summed over all patches) divided by its level k/P = {chance:.3g} "
+                 "for a map without spatial information (1 = no spatial information)",
+        value=share["value"] / chance, low=share["low"] / chance, high=share["high"] / chance, threshold=threshold,
+        direction=direction,
         detail=evaluation.finding_detail(
-            context, len(images), batch_size, seed, model=cls_label, top1_fraction=item["top1_fraction_interval"],
+            context, len(images), batch_size, seed, model=cls_label, own_share=share, chance_own_share=chance,
+            top1_fraction=item["top1_fraction_interval"],
             chance_top1_fraction=item["chance_top1_fraction"], mean_own_rank=item["mean_own_rank_interval"],
             chance_mean_own_rank=item["chance_mean_own_rank"], **detail),
         **checks["cls_vit_tokens_localize"]))
     skipped = []
     if compare:
-        difference = intervals[("difference", "own_share")]
+        drop = intervals[("relative_drop", "own_share")]
+        threshold, direction = claims.threshold("gap_vit_localizes_less")
         findings.append(Finding(
             key="gap_vit_localizes_less", section="7",
             claim="A ViT trained with global average pooling instead of a CLS token localizes less",
-            quantity=f"own-patch CKA share of {cls_label} minus that of {gap_label} (final block tokens)",
-            value=difference["value"], low=difference["low"], high=difference["high"], threshold=0.0,
-            direction="greater",
+            quantity=f"relative drop of the own-patch CKA share (final block tokens) from {cls_label} to {gap_label}: "
+                     f"({cls_label} share - {gap_label} share) / {cls_label} share",
+            value=drop["value"], low=drop["low"], high=drop["high"], threshold=threshold, direction=direction,
             detail=evaluation.finding_detail(
                 context, len(images), batch_size, seed, models=[cls_label, gap_label], paired=True,
-                other_scores={"top1_fraction_difference": intervals[("difference", "top1_fraction")],
+                own_shares={label: summary_models[label]["own_share_interval"] for label in (cls_label, gap_label)},
+                other_scores={"own_share_difference": intervals[("difference", "own_share")],
+                              "top1_fraction_difference": intervals[("difference", "top1_fraction")],
                               "mean_own_rank_difference (GAP minus CLS)": intervals[("difference", "mean_own_rank")]},
                 **detail),
             **checks["gap_vit_localizes_less"]))

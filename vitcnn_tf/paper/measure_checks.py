@@ -163,7 +163,10 @@ def _u_centred(k):
 
 def null_check(statistic, num_examples, compared, estimator, num_permutations=DEFAULT_NULL_PERMUTATIONS, seed=0):
     """The ``null`` field of a finding: ``statistic(order) -> float`` is the compared CKA quantity with the examples
-    of one side reordered by ``order`` (None: as they are); ``compared`` and ``estimator`` describe it."""
+    of one side reordered by ``order`` (None: as they are); ``compared`` and ``estimator`` describe it.
+    ``num_permutations=0`` skips the null (None): the runs whose checks nobody reads (other seeds, the control)."""
+    if num_permutations == 0:
+        return None
     orders = reference.permutations(num_examples, num_permutations, seed)
     summary = reference.null_summary(statistic(None), [statistic(order) for order in orders])
     return {"compared": compared, "estimator": estimator, **summary, "num_examples": int(num_examples)}

@@ -6,8 +6,9 @@ and a random subset of ``max_channels`` channels per image and layer (default 16
 outputs after the residual connections (``blockNN/+mlp``, Figure 6) and its attention sublayers before their
 residual (``blockNN/sa``, Appendix C); a ResNet's stage outputs (the last ``+res`` of each stage); a Mixer's block
 outputs (``blockNN/+channel_mixing``). ``num_blocks`` limits a ViT or Mixer to that many evenly spaced blocks, the
-first and the last included, as the paper's figure shows a few layers per model. A map's extent is the side (pixels) of the smallest square around its centre of mass holding
-``mass`` (default 50%) of its mass (``erf_extent``); depth is the tap's position among the model's taps, 0..1.
+first and the last included, as the paper's figure shows a few layers per model. A map's extent is the side
+(pixels) of the smallest square around its centre of mass holding ``mass`` (default 50%) of its mass
+(``erf_extent``); depth is the tap's position among the model's taps, 0..1.
 Intervals bootstrap the images (each image's own ERF map is kept; paired across models).
 
 Cost per tap: ``ceil(num_images / batch_size)`` forward passes and ``max_channels`` times as many backward passes
@@ -15,13 +16,14 @@ of the model up to the tap, whatever the layer's width, plus one trace of the gr
 block, one per stage (4) for a ResNet. On a 2-core CPU a ViT-B/16 tap costs seconds to minutes
 (docs/reproduction.md); the paper preset takes 6 blocks and 4 channels per image.
 
-Finding ``vit_erf_larger_in_lower_layers``: extent of the lowest ViT block output (``block00/+mlp``) minus that of
-the lowest ResNet stage output; claim > 0.
+Finding ``vit_erf_larger_in_lower_layers``: extent of the lowest ViT block output (``block00/+mlp``) divided by
+that of the lowest ResNet stage output (an extent is at least 1 pixel, and ``erf_extent`` refuses an all-zero map,
+so the ratio is always defined); claim > 1.5 (``vitcnn_tf.claims``).
 """
 
 import numpy as np
 
-from vitcnn_tf import findings, plotting, representations
+from vitcnn_tf import claims, findings, plotting, representations
 from vitcnn_tf.analysis import bootstrap, receptive_field
 from vitcnn_tf.paper import common, evaluation
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
@@ -99,6 +101,13 @@ def model_receptive_fields(model, taps, images, *, batch_size=32, max_channels=1
     }
 
 
+def extent_ratio(vit_maps, resnet_maps, mass=0.5):
+    """ERF extent of the mean of ``vit_maps [n, S, S]`` divided by that of the mean of ``resnet_maps [n, S, S]``
+    (each extent at least 1 pixel: the ratio is always defined)."""
+    return (receptive_field.erf_extent(vit_maps.mean(axis=0), mass)
+            / receptive_field.erf_extent(resnet_maps.mean(axis=0), mass))
+
+
 def erf_finding(models, results, *, mass=0.5, max_channels=16, num_resamples=1000, seed=0):
     """``vit_erf_larger_in_lower_layers`` from ``model_receptive_fields`` results ``{label: result}`` (None without
     a ViT and a ResNet among ``models``)."""
@@ -109,19 +118,17 @@ def erf_finding(models, results, *, mass=0.5, max_channels=16, num_resamples=100
     resnet_index = 0
     vit_maps, resnet_maps = results[vit]["per_image"][vit_index], results[resnet]["per_image"][resnet_index]
 
-    def difference(vit_images, resnet_images):
-        return (receptive_field.erf_extent(vit_images.mean(axis=0), mass)
-                - receptive_field.erf_extent(resnet_images.mean(axis=0), mass))
-
-    value, low, high = bootstrap.bootstrap_interval(difference, vit_maps, resnet_maps, num_resamples=num_resamples,
-                                                    seed=seed)
+    value, low, high = bootstrap.bootstrap_interval(lambda a, b: extent_ratio(a, b, mass), vit_maps, resnet_maps,
+                                                    num_resamples=num_resamples, seed=seed)
     vit_tap, resnet_tap = results[vit]["taps"][vit_index], results[resnet]["taps"][resnet_index]
+    key = "vit_erf_larger_in_lower_layers"
+    threshold, direction = claims.threshold(key)
     return findings.Finding(
-        key="vit_erf_larger_in_lower_layers", section="5",
+        key=key, section="5",
         claim="Lower-layer effective receptive fields are larger in ViT than in ResNet",
         quantity=f"ERF extent (side in pixels of the centred square holding {mass:.0%} of the mass) of "
-                 f"{vit} {vit_tap} minus {resnet} {resnet_tap}",
-        value=value, low=low, high=high, threshold=0.0, direction="greater",
+                 f"{vit} {vit_tap} divided by that of {resnet} {resnet_tap}",
+        value=value, low=low, high=high, threshold=threshold, direction=direction,
         detail={"vit": vit, "resnet": resnet, "vit_tap": vit_tap, "resnet_tap": resnet_tap,
                 "vit_extent": float(results[vit]["extent"][vit_index]),
                 "resnet_extent": float(results[resnet]["extent"][resnet_index]),

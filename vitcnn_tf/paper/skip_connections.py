@@ -23,12 +23,14 @@ Arrays: ``norm_ratios`` (per model ``<label>/units``, ``ratio``, ``log10_ratio_l
 ``ratio_per_token`` [U, T] for token models, ``ratio_cls`` / ``ratio_spatial`` [U] for the CLS ViT) and
 ``skip_removal_cka`` (``<label>/cka`` [L, L] per model and the shared ``layers``).
 
-Findings (95% intervals; norm ratios: bootstrap over examples, paired across models; CKA: over minibatches):
-  vit_skip_branch_dominates            mean log ratio of the ViT minus that of the ResNet, > 0
-  cls_spatial_phase_change             mean over first-half units of log(CLS ratio / spatial ratio) minus the
-                                       same over second-half units, > 0
+Findings (95% intervals; norm ratios: bootstrap over examples, paired across models; CKA: over minibatches;
+thresholds from ``vitcnn_tf.claims``):
+  vit_skip_branch_dominates            mean ln ratio of the ViT minus that of the ResNet, > ln 2 (the ViT's
+                                       geometric-mean ratio more than twice the ResNet's)
+  cls_spatial_phase_change             mean over first-half units of ln(CLS ratio / spatial ratio) minus the
+                                       same over second-half units, > ln 2
   skip_removal_partitions_representation  partition scalar of the no-skip ViT whose removed block is most
-                                       central minus that of the reference ViT at the same block, > 0
+                                       central minus that of the reference ViT at the same block, > 0.1
 
 The CKA finding ``skip_removal_partitions_representation`` also reports (``measure_checks``, on
 ``check_examples`` evenly spaced images, default 256) the same difference of partition scalars under orthogonal
@@ -41,7 +43,7 @@ import re
 import numpy as np
 from matplotlib.figure import Figure
 
-from vitcnn_tf import plotting, representations
+from vitcnn_tf import claims, plotting, representations
 from vitcnn_tf.analysis import bootstrap, skip, tokens
 from vitcnn_tf.findings import Finding
 from vitcnn_tf.models import model_family
@@ -234,13 +236,14 @@ def norm_ratio_analysis(models, data, *, resamples, seed, progress, context):
         a, b = collected[cls_vit]["per_example"], collected[resnet]["per_example"]
         estimate, low, high = _bootstrap(mean_log_ratio_difference,
                                          (a["skip"], a["branch"], b["skip"], b["branch"]), resamples, seed)
+        threshold, direction = claims.threshold("vit_skip_branch_dominates")
         findings.append(Finding(
             key="vit_skip_branch_dominates", section="6",
             claim="Skip connections are much more influential in ViT than in ResNet (higher norm ratios "
                   "‖z‖/‖f(z)‖ throughout)",
             quantity=f"mean over residual units of ln(‖z‖/‖f(z)‖) of {cls_vit} minus that of {resnet} "
                      "(ratios of mean norms over examples, all tokens / positions)",
-            value=estimate, low=low, high=high, threshold=0.0, direction="greater",
+            value=estimate, low=low, high=high, threshold=threshold, direction=direction,
             detail=evaluation.finding_detail(context, **sizes, models=[cls_vit, resnet],
                                              interval="percentile bootstrap over examples, paired across models",
                                              resamples=resamples)))
@@ -253,13 +256,14 @@ def norm_ratio_analysis(models, data, *, resamples, seed, progress, context):
                 lambda *arrays: phase_change(*arrays, first_half),
                 tuple(per_example[key] for key in ("skip_cls", "branch_cls", "skip_spatial", "branch_spatial")),
                 resamples, seed)
+            threshold, direction = claims.threshold("cls_spatial_phase_change")
             findings.append(Finding(
                 key="cls_spatial_phase_change", section="6",
                 claim="ViT skip connections propagate the CLS token in the first half of the network (high CLS "
                       "ratio, low spatial ratio) and the spatial tokens in the second half (reversed)",
                 quantity=f"{cls_vit}: mean over first-half residual units of ln(ratio_CLS / ratio_spatial) minus "
                          "the same mean over second-half units",
-                value=estimate, low=low, high=high, threshold=0.0, direction="greater",
+                value=estimate, low=low, high=high, threshold=threshold, direction=direction,
                 detail=evaluation.finding_detail(context, **sizes, model=cls_vit,
                                                  first_half_units=int(first_half.sum()),
                                                  second_half_units=int((~first_half).sum()),
@@ -437,14 +441,15 @@ def skip_removal_analysis(reference_label, reference, noskip, accuracies, images
     checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
     checks = removal_checks(models, central, reference_label, names, blocks[central], checked, batch_size,
                             num_permutations=null_permutations, seed=seed)
+    threshold, direction = claims.threshold("skip_removal_partitions_representation")
     findings.append(Finding(
         key="skip_removal_partitions_representation", section="6",
         claim="Removing the skip connections of a (middle) block partitions the ViT representation: layers "
               "before and after it have little similarity",
         quantity=f"partition scalar (mean within-side minus mean across-block CKA, residual stream) of {central} "
                  f"minus that of {reference_label} at the same block {blocks[central]}",
-        value=difference["value"], low=difference["low"], high=difference["high"], threshold=0.0,
-        direction="greater",
+        value=difference["value"], low=difference["low"], high=difference["high"], threshold=threshold,
+        direction=direction,
         detail=evaluation.finding_detail(context, len(images), batch_size, seed, models=[central, reference_label],
                                          layers=names,
                                          interval="percentile bootstrap over minibatches, paired across models",
