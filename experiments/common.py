@@ -163,8 +163,9 @@ def experiment_runs(options, module=None, *, check=True):
     leaves the run. The first seed's run writes into ``--out``, the others into ``--out/seed<S>``. With
     ``--control init``, one more run (``"init"``, into ``--out/init``) on every model at initialisation
     (``vitcnn_tf.model_specs.init_spec``). Every run writes its data files and summary; only the first draws its
-    figures and computes the permutation nulls of the checks (the pooled findings keep the first run's checks). With ``check`` (and ``module``), a run whose reduced models fail the
-    module's own ``check_options`` is skipped with the reason. ``--seed-replicates`` stays with the first run only.
+    figures and computes the permutation nulls of the checks (the pooled findings keep the first run's checks).
+    With ``check`` (and ``module``), a run whose reduced models fail the module's own ``check_options`` is skipped
+    with the reason. ``--seed-replicates`` stays with the first run only.
     """
     from vitcnn_tf import model_specs as specs_lib
 
@@ -173,7 +174,7 @@ def experiment_runs(options, module=None, *, check=True):
     for index, seed in enumerate(seeds):
         out = options.out if index == 0 else os.path.join(options.out, f"seed{seed}")
         runs.append((f"seed{seed}", *_run_options(options, out, lambda spec, s=seed: specs_lib.seed_twin(spec, s),
-                                                  keep_replicates=index == 0, module=module, check=check)))
+                                                  first=index == 0, module=module, check=check)))
     if getattr(options, "control", "none") == "init":
         def init(spec):
             try:
@@ -181,19 +182,20 @@ def experiment_runs(options, module=None, *, check=True):
             except ValueError:
                 return None
         runs.append((CONTROL_FOLDER, *_run_options(options, os.path.join(options.out, CONTROL_FOLDER), init,
-                                                   keep_replicates=False, module=module, check=check)))
+                                                   first=False, module=module, check=check)))
     return runs
 
 
-def _run_options(options, out, twin, *, keep_replicates, module, check):
+def _run_options(options, out, twin, *, first, module, check):
     """``(options of one run, why it is skipped or "")``: every model option mapped through ``twin`` (None: the
-    model leaves the run, with its little-data twin at the same position)."""
+    model leaves the run, with its little-data twin at the same position); only the ``first`` run keeps the figures,
+    the permutation nulls and ``--seed-replicates``."""
     run_options = argparse.Namespace(**vars(options))
     run_options.out, run_options.seeds, run_options.control = out, [0], "none"
-    run_options.figures = keep_replicates  # only the first run draws its figures
-    if not keep_replicates and hasattr(options, "null_permutations"):
-        run_options.null_permutations = 0  # the pooled findings keep the first run's checks
-    if not keep_replicates and hasattr(options, "seed_replicates"):
+    run_options.figures = first
+    if not first and hasattr(options, "null_permutations"):
+        run_options.null_permutations = 0
+    if not first and hasattr(options, "seed_replicates"):
         run_options.seed_replicates = []
     models = [twin(spec) for spec in options.models]
     little = getattr(options, "little_data_models", None)
@@ -204,7 +206,7 @@ def _run_options(options, out, twin, *, keep_replicates, module, check):
     run_options.models = [models[i] for i in keep]
     if little is not None:
         run_options.little_data_models = [little[i] for i in keep if i < len(little)]
-    if not run_options.models and (options.models or not keep_replicates):
+    if not run_options.models and (options.models or not first):
         return run_options, "no model has this twin" if options.models else "the experiment takes no models"
     if check and dropped and hasattr(module, "check_options"):
         try:
@@ -215,10 +217,11 @@ def _run_options(options, out, twin, *, keep_replicates, module, check):
 
 
 def run_experiment(module, options):
-    """Runs ``module.run`` once per run of :func:`experiment_runs` and returns the first run's summary (as it is when
-    no other run takes place) with the findings pooled over the seeds, each with its control (``vitcnn_tf.findings.pool_seeds``; the claims of
-    ``vitcnn_tf.claims`` say which are about learning), and ``runs``: every run's name, seed, folder, models and
-    why it was skipped. The pooled summary replaces the first run's ``summary.json``."""
+    """Runs ``module.run`` once per run of :func:`experiment_runs` and returns the first run's summary: as it is when
+    no other run takes place, else with the findings pooled over the seeds, each with its control
+    (``vitcnn_tf.findings.pool_seeds``; the claims of ``vitcnn_tf.claims`` say which are about learning), and
+    ``runs``: every run's name, folder, models and why it was skipped. The pooled summary replaces the first run's
+    ``summary.json``."""
     from vitcnn_tf import claims
 
     runs = experiment_runs(options, module)

@@ -228,7 +228,8 @@ def pool_seeds(per_seed, *, control=None, learned=False, num_resamples=10000, co
                     "example-level spread from its own interval)")
     detail = {**first.detail, "interval": interval, "num_seeds": len(seeds)}
     fields = dict(value=value, low=low, high=high, detail=detail,
-                  seeds=[{"seed": int(s), "value": f.value, "low": f.low, "high": f.high} for s, f in zip(seeds, findings)])
+                  seeds=[{"seed": int(s), "value": f.value, "low": f.low, "high": f.high}
+                         for s, f in zip(seeds, findings)])
     if control is not None:
         fields["control"] = {"value": control.value, "low": control.low, "high": control.high,
                              "threshold": control.threshold, "direction": control.direction,

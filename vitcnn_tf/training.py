@@ -76,7 +76,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.global_clipnorm must be > 0 or None, got {self.global_clipnorm!r}")
         patience = self.early_stopping_patience
         if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
-            raise ValueError(f"TrainConfig.early_stopping_patience must be a positive integer or None, got {patience!r}")
+            raise ValueError("TrainConfig.early_stopping_patience must be a positive integer or None, "
+                             f"got {patience!r}")
         if not self.early_stopping_min_delta >= 0:
             raise ValueError("TrainConfig.early_stopping_min_delta must be >= 0, "
                              f"got {self.early_stopping_min_delta!r}")
