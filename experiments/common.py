@@ -163,7 +163,8 @@ def experiment_runs(options, module=None, *, check=True):
     leaves the run. The first seed's run writes into ``--out``, the others into ``--out/seed<S>``. With
     ``--control init``, one more run (``"init"``, into ``--out/init``) on every model at initialisation
     (``vitcnn_tf.model_specs.init_spec``). Every run writes its data files and summary; only the first draws its
-    figures and computes the permutation nulls of the checks (the pooled findings keep the first run's checks).
+    figures and computes the findings' checks (Procrustes, permutation null: the pooled findings keep the first
+    run's checks).
     With ``check`` (and ``module``), a run whose reduced models fail the module's own ``check_options`` is skipped
     with the reason. ``--seed-replicates`` stays with the first run only.
     """
@@ -193,8 +194,8 @@ def _run_options(options, out, twin, *, first, module, check):
     run_options = argparse.Namespace(**vars(options))
     run_options.out, run_options.seeds, run_options.control = out, [0], "none"
     run_options.figures = first
-    if not first and hasattr(options, "null_permutations"):
-        run_options.null_permutations = 0
+    if not first and hasattr(options, "check_examples"):
+        run_options.check_examples = 0
     if not first and hasattr(options, "seed_replicates"):
         run_options.seed_replicates = []
     models = [twin(spec) for spec in options.models]

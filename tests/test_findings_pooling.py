@@ -142,6 +142,15 @@ def test_each_seed_runs_on_its_twins_and_models_without_a_twin_leave_that_run(tm
                                            "init:resnet", "init:vit_noskip_mid"]
 
 
+def test_only_the_first_run_draws_figures_and_computes_the_checks(tmp_path):
+    options = options_for(tmp_path, ["vit", "resnet"])
+    options.check_examples, options.null_permutations, options.figures = 256, 100, True
+    runs = common.experiment_runs(options)
+    assert [(run.figures, run.check_examples, run.null_permutations) for _, run, _ in runs] == [
+        (True, 256, 100), (False, 0, 100), (False, 0, 100), (False, 0, 100)]
+    assert options.check_examples == 256  # the caller's options are left as they were
+
+
 def test_run_experiment_pools_each_finding_over_the_seeds_that_have_it(tmp_path):
     calls = []
     options = options_for(tmp_path, ["vit", "resnet", "vit_noskip_mid"])

@@ -31,8 +31,9 @@ class MinibatchCKA(keras.metrics.Metric):
 
     One update computes each layer's Gram matrix once (float32 for float32 or narrower input, float64 for
     float64; features centred first), U-centres them all at once in ``dtype`` and gets every HSIC term from one
-    ``[Lx, n*n] x [n*n, Ly]`` matrix product, in one ``tf.function`` (traced once per input shapes: a smaller last
-    batch traces once more), with TensorFloat-32 off. The update is not XLA-compiled: TensorFlow's own kernels run
+    ``[Lx, n*n] x [n*n, Ly]`` matrix product, in one ``tf.function`` shared by every metric of the process (traced
+    once per input shapes and kind of metric: a smaller last batch traces once more, a new metric on layers of the
+    same shapes not at all), with TensorFloat-32 off. The update is not XLA-compiled: TensorFlow's own kernels run
     the independent per-layer matrix products concurrently.
     The state variables are sums (``SUM`` aggregation), so under a ``tf.distribute`` strategy each replica's local
     minibatch counts as one minibatch and ``result()`` sums over replicas.
@@ -81,7 +82,6 @@ class MinibatchCKA(keras.metrics.Metric):
             self.degeneracy_tolerance_y = self.add_variable((num_y,), "zeros", dtype=self.dtype,
                                                             name="degeneracy_tolerance_y")
         self.num_batches = self.add_variable((), "zeros", dtype=self.dtype, name="num_batches")
-        self._batch_terms = tf.function(self._compute_batch_terms, autograph=False)
 
     @property
     def within_model(self):
@@ -167,7 +167,7 @@ class MinibatchCKA(keras.metrics.Metric):
                                  f"tensors) is required for a two-model metric")
             ys = checks.layer_list(ys, "ys", self.num_layers_y, "num_layers_y")
         xs, ys = checks.require_same_examples(xs, ys)
-        terms = self._batch_terms(xs, ys)
+        terms = _batch_terms(xs, ys, self.within_model, tf.as_dtype(self.dtype).name)
         state_dtype = tf.as_dtype(self.dtype)
         assertions = [checks.assert_layer_terms(terms["finite_x"], terms["in_range_x"], "xs",
                                                 [x.dtype.name for x in xs], state_dtype)]
@@ -180,37 +180,43 @@ class MinibatchCKA(keras.metrics.Metric):
         with tf.control_dependencies(assertions):
             return tuple(tf.identity(value) for value in values)
 
-    def _compute_batch_terms(self, xs, ys):
-        """One minibatch's HSIC_1 terms in ``dtype`` and per-layer checks, as a dict.
 
-        ``cross`` ``[Lx, Ly]``; ``self_x``, ``tolerance_x`` ``[Lx]`` (``_y``: ``[Ly]``, ``_x``'s within one model);
-        ``finite_x`` / ``in_range_x`` ``[Lx]`` bool: the layer held no NaN / Inf, and its terms are normal numbers
-        of ``dtype``. The Gram matrices are computed from features divided by a power of two near their largest
-        magnitude (exact, and safe from underflow / overflow: ``ops.normalised_by_power_of_two``); the HSIC terms
-        are brought back to the data's units in float64, as the running sums over minibatches need.
-        """
-        state_dtype = tf.as_dtype(self.dtype)
-        grams_x, tolerance_x, exponent_x = _u_centred_grams(xs, state_dtype)
-        if self.within_model:
-            grams_y, tolerance_y, exponent_y = grams_x, tolerance_x, exponent_x
-            cross = tf.matmul(grams_x, grams_x, transpose_b=True)
-            self_x = self_y = tf.linalg.diag_part(cross)
-        else:
-            grams_y, tolerance_y, exponent_y = _u_centred_grams(ys, state_dtype)
-            cross = tf.matmul(grams_x, grams_y, transpose_b=True)
-            self_x = tf.reduce_sum(tf.square(grams_x), axis=1)
-            self_y = tf.reduce_sum(tf.square(grams_y), axis=1)
-        terms = {"cross": tf.cast(_in_data_units(cross, exponent_x[:, None], exponent_y[None, :]), state_dtype)}
-        info = np.finfo(state_dtype.as_numpy_dtype)
-        for side, self_hsic, tolerance, exponent in (("x", self_x, tolerance_x, exponent_x),
-                                                     ("y", self_y, tolerance_y, exponent_y)):
-            self_in_units, tolerance_in_units = (_in_data_units(t, exponent, exponent) for t in (self_hsic, tolerance))
-            terms[f"self_{side}"] = tf.cast(self_in_units, state_dtype)
-            terms[f"tolerance_{side}"] = tf.cast(tolerance_in_units, state_dtype)
-            terms[f"finite_{side}"] = tf.math.is_finite(self_hsic) & tf.math.is_finite(tolerance)
-            terms[f"in_range_{side}"] = ((self_in_units <= info.max) & (tolerance_in_units <= info.max)
-                                         & ((tolerance == 0) | (tolerance_in_units >= info.tiny)))
-        return terms
+def _compute_batch_terms(xs, ys, within_model, dtype):
+    """One minibatch's HSIC_1 terms in ``dtype`` (a dtype name) and per-layer checks, as a dict; with
+    ``within_model`` the layers of ``xs`` are compared with each other (``ys`` unused).
+
+    ``cross`` ``[Lx, Ly]``; ``self_x``, ``tolerance_x`` ``[Lx]`` (``_y``: ``[Ly]``, ``_x``'s within one model);
+    ``finite_x`` / ``in_range_x`` ``[Lx]`` bool: the layer held no NaN / Inf, and its terms are normal numbers
+    of ``dtype``. The Gram matrices are computed from features divided by a power of two near their largest
+    magnitude (exact, and safe from underflow / overflow: ``ops.normalised_by_power_of_two``); the HSIC terms
+    are brought back to the data's units in float64, as the running sums over minibatches need.
+    """
+    state_dtype = tf.as_dtype(dtype)
+    grams_x, tolerance_x, exponent_x = _u_centred_grams(xs, state_dtype)
+    if within_model:
+        grams_y, tolerance_y, exponent_y = grams_x, tolerance_x, exponent_x
+        cross = tf.matmul(grams_x, grams_x, transpose_b=True)
+        self_x = self_y = tf.linalg.diag_part(cross)
+    else:
+        grams_y, tolerance_y, exponent_y = _u_centred_grams(ys, state_dtype)
+        cross = tf.matmul(grams_x, grams_y, transpose_b=True)
+        self_x = tf.reduce_sum(tf.square(grams_x), axis=1)
+        self_y = tf.reduce_sum(tf.square(grams_y), axis=1)
+    terms = {"cross": tf.cast(_in_data_units(cross, exponent_x[:, None], exponent_y[None, :]), state_dtype)}
+    info = np.finfo(state_dtype.as_numpy_dtype)
+    for side, self_hsic, tolerance, exponent in (("x", self_x, tolerance_x, exponent_x),
+                                                 ("y", self_y, tolerance_y, exponent_y)):
+        self_in_units, tolerance_in_units = (_in_data_units(t, exponent, exponent) for t in (self_hsic, tolerance))
+        terms[f"self_{side}"] = tf.cast(self_in_units, state_dtype)
+        terms[f"tolerance_{side}"] = tf.cast(tolerance_in_units, state_dtype)
+        terms[f"finite_{side}"] = tf.math.is_finite(self_hsic) & tf.math.is_finite(tolerance)
+        terms[f"in_range_{side}"] = ((self_in_units <= info.max) & (tolerance_in_units <= info.max)
+                                     & ((tolerance == 0) | (tolerance_in_units >= info.tiny)))
+    return terms
+
+
+# Shared by every MinibatchCKA: traced once per input shapes, within_model and dtype.
+_batch_terms = tf.function(_compute_batch_terms, autograph=False)
 
 
 def _u_centred_grams(layers, dtype):

@@ -162,7 +162,8 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
       progress: show progress bars.
       strategy: optional ``tf.distribute.Strategy`` for the CKA accumulation.
       context: optional JSON-able dict recorded in the finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
-      check_examples, null_permutations: the finding's checks (module docstring).
+      check_examples, null_permutations: the finding's checks (module docstring;
+        ``check_examples=0`` skips them).
 
     Returns a :class:`SectionResult` with array groups ``data_scale_cka`` and ``data_scale_probes``, Figures 12
     (one per architecture with a small-data model) and 13 (one per architecture) and the finding.
@@ -256,9 +257,11 @@ def run(models, fractions, *, data, probe_train_data, num_classes, data_names=No
                                 ["low_minus_high"]}
                  for architecture, group in groups.items() if architecture != "vit" and group["reduced"]}
         low, high = low_high_blocks(len(cka["vit"]["blocks"]))
-        checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
-        checks = data_scale_checks(models[smallest], models[groups["vit"]["reference"]], checked, batch_size,
-                                   num_permutations=null_permutations, seed=seed)
+        checks = measure_checks.NO_CHECKS
+        if check_examples:
+            checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
+            checks = data_scale_checks(models[smallest], models[groups["vit"]["reference"]], checked, batch_size,
+                                       num_permutations=null_permutations, seed=seed)
         threshold, direction = claims.threshold("less_data_hurts_higher_layers_more")
         findings.append(Finding(
             key="less_data_hurts_higher_layers_more", section="8",

@@ -129,7 +129,8 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
       block: the ViT encoder block; window_sizes: sizes of the windows of sorted heads (default 1 .. H).
       num_resamples, seed: the bootstrap over CKA minibatches (the seed also draws the null's shuffles);
         strategy: a ``tf.distribute.Strategy`` or None.
-      check_examples, null_permutations: the finding's checks beyond CKA (module docstring).
+      check_examples, null_permutations: the finding's checks beyond CKA (module docstring;
+        ``check_examples=0`` skips them).
 
     Returns a :class:`SectionResult` with arrays ``head_subset_cka {cka [S, R], subset_mean_distance [S],
     head_distance [H], subset_names, resnet_names}``, its table, the finding and Figure 5.
@@ -170,11 +171,13 @@ def run(models, data, *, block=0, window_sizes=None, num_resamples=1000, seed=0,
         bootstrap.cka_bootstrap_interval(terms, lambda matrix, s=s: float(np.nanmax(matrix[s])),
                                          num_resamples=min(num_resamples, MAX_CKA_RESAMPLES), seed=seed)
         for s in range(len(subsets)))))
-    indices = measure_checks.check_indices(num_examples, batch_size, check_examples)
-    checks = head_subset_checks(model, subset_names, joint_resnet_names, subset_distance, sizes,
-                                measure_checks.take_images(data, indices), batch_size,
-                                compared=f"heads {','.join(map(str, subsets[0]))}",
-                                num_permutations=null_permutations, seed=seed)
+    indices, checks = np.zeros(0, np.int64), measure_checks.NO_CHECKS
+    if check_examples:
+        indices = measure_checks.check_indices(num_examples, batch_size, check_examples)
+        checks = head_subset_checks(model, subset_names, joint_resnet_names, subset_distance, sizes,
+                                    measure_checks.take_images(data, indices), batch_size,
+                                    compared=f"heads {','.join(map(str, subsets[0]))}",
+                                    num_permutations=null_permutations, seed=seed)
     threshold, direction = claims.threshold("local_heads_most_resnet_like")
     finding = findings.Finding(
         key="local_heads_most_resnet_like", section="5",

@@ -271,7 +271,8 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
       bootstrap_all: also resample the ResNet's scores (not used by a finding).
       progress: show progress bars.
       context: optional JSON-able dict recorded in every finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
-      check_examples, null_permutations: the findings' checks (module docstring).
+      check_examples, null_permutations: the findings' checks (module docstring;
+        ``check_examples=0`` skips them).
 
     Returns a :class:`SectionResult`: array group ``token_patch_cka``, the maps (Figures 9 / 10) and the scores,
     the findings; ``summary["skipped"]`` names what was skipped and why.
@@ -309,10 +310,12 @@ def run(cls_vit, gap_vit=None, resnet=None, *, data, patch_size=None, bootstrap_
             item[f"{name}_interval"] = intervals.get((label, name))
         summary_models[label] = item
 
-    checked = measure_checks.check_indices(len(images), batch_size, check_examples)
-    checks = localization_checks(images[checked], {label: values[checked] for label, values in tokens.items()},
-                                 setups, cls_label, gap_label, patch_size, num_permutations=null_permutations,
-                                 seed=seed)
+    checks = {key: measure_checks.NO_CHECKS for key in ("cls_vit_tokens_localize", "gap_vit_localizes_less")}
+    if check_examples:
+        checked = measure_checks.check_indices(len(images), batch_size, check_examples)
+        checks = localization_checks(images[checked], {label: values[checked] for label, values in tokens.items()},
+                                     setups, cls_label, gap_label, patch_size, num_permutations=null_permutations,
+                                     seed=seed)
     findings = []
     detail = dict(patch_size=patch_size, patch_grid=list(patch_grid), resamples=bootstrap_resamples,
                   interval="percentile bootstrap over examples, every CKA map recomputed per resample")

@@ -14,6 +14,9 @@ Both run on a capped subset of the evaluation examples, whose activations are re
   the stage's minibatches (unbiased HSIC, null mean near 0), with linear CKA (Section 7, biased HSIC) the subset is
   one batch (null mean well above 0 at small n).
 
+``check_examples=0`` skips both (the findings' fields are None): the runs of other seeds and of the untrained
+control, whose checks the pooled findings do not use (``experiments.common.experiment_runs``).
+
 Memory: the factors, ``8 n min(n, d)`` bytes per tap (0.5 MB at n = 256), and the float32 activations of the
 subset for a group of taps at a time (at most ``max_feature_bytes``, default 256 MB, or one tap). Neither measure
 streams: both need every example of a tap at once, hence the cap.
@@ -27,6 +30,7 @@ from vitcnn_tf.metrics import reference
 from vitcnn_tf.metrics.procrustes import procrustes_factors
 from vitcnn_tf.paper import evaluation
 
+NO_CHECKS = {"second_measure": None, "null": None}  # the checks of a run with check_examples=0
 DEFAULT_CHECK_EXAMPLES = 256
 DEFAULT_NULL_PERMUTATIONS = 100
 DEFAULT_MAX_FEATURE_BYTES = 2**28
@@ -163,10 +167,7 @@ def _u_centred(k):
 
 def null_check(statistic, num_examples, compared, estimator, num_permutations=DEFAULT_NULL_PERMUTATIONS, seed=0):
     """The ``null`` field of a finding: ``statistic(order) -> float`` is the compared CKA quantity with the examples
-    of one side reordered by ``order`` (None: as they are); ``compared`` and ``estimator`` describe it.
-    ``num_permutations=0`` skips the null (None): the runs whose checks nobody reads (other seeds, the control)."""
-    if num_permutations == 0:
-        return None
+    of one side reordered by ``order`` (None: as they are); ``compared`` and ``estimator`` describe it."""
     orders = reference.permutations(num_examples, num_permutations, seed)
     summary = reference.null_summary(statistic(None), [statistic(order) for order in orders])
     return {"compared": compared, "estimator": estimator, **summary, "num_examples": int(num_examples)}

@@ -337,7 +337,8 @@ def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLU
       num_resamples, seed: the bootstrap of the findings' intervals. strategy: a ``tf.distribute.Strategy`` or None.
       measure: the maps' similarity measure, ``"cka"``, ``"procrustes"`` or ``"mutual_knn"`` (module docstring).
       check_examples, null_permutations: the subset of the findings' checks (and of a non-CKA measure's maps) and
-        the shuffles of their permutation null (``measure_checks``).
+        the shuffles of their permutation null (``measure_checks``); ``check_examples=0`` skips the checks (not
+        with a non-CKA measure).
 
     Returns a :class:`SectionResult` with arrays ``{key: {matrix [La, Lb], row_names, col_names}}`` and a table per
     map key, the two findings, and one heatmap figure per map.
@@ -367,10 +368,14 @@ def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLU
                  for i, first in enumerate(labels) for second in labels[i + 1:]})
     maps.update({f"seeds_{label}_{other}": (label, other)
                  for label, others in replicates.items() for other in others})
-    indices = measure_checks.check_indices(batches_per_pass * batch_size, batch_size, check_examples)
+    if measure != "cka" and not check_examples:
+        raise ValueError(f"check_examples: the {measure} maps are computed on the checked examples; expected >= 4, "
+                         f"got {check_examples!r}")
+    indices = (measure_checks.check_indices(batches_per_pass * batch_size, batch_size, check_examples)
+               if check_examples else np.zeros(0, np.int64))
     seed_pairs = finding_seed_pairs(all_models, replicates)
     check_images = (measure_checks.take_images(evaluation.data_passes(data, passes)[0](), indices)
-                    if seed_pairs or measure != "cka" else None)
+                    if len(indices) and (seed_pairs or measure != "cka") else None)
     measured = None if measure == "cka" else measure_maps(all_models, layers, check_images, batch_size, measure)
     arrays, tables, figures = {}, {}, []
     for key, (rows, cols) in maps.items():
@@ -381,7 +386,7 @@ def run(models, data, *, seed_replicates=None, taps="all", exclude=DEFAULT_EXCLU
         figures.append(_heatmap_figure(key, block, layers[rows], layers[cols], rows, cols, families, measure))
     found = structure_findings(all_models, replicates, layers, slices, terms, batches_per_pass,
                                batch_size=batch_size, passes=num_passes, num_resamples=num_resamples, seed=seed)
-    if found:
+    if found and check_examples:
         checks = structure_checks(all_models, seed_pairs, layers, check_images, batch_size,
                                   num_permutations=null_permutations, seed=seed)
         found = [dataclasses.replace(finding, **checks[finding.key]) for finding in found]

@@ -438,9 +438,11 @@ def skip_removal_analysis(reference_label, reference, noskip, accuracies, images
 
     central = min(noskip, key=lambda label: abs(blocks[label] - (num_layers - 1) / 2))
     difference = summary["models"][central]["partition_minus_reference"]
-    checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
-    checks = removal_checks(models, central, reference_label, names, blocks[central], checked, batch_size,
-                            num_permutations=null_permutations, seed=seed)
+    checks = measure_checks.NO_CHECKS
+    if check_examples:
+        checked = images[measure_checks.check_indices(len(images), batch_size, check_examples)]
+        checks = removal_checks(models, central, reference_label, names, blocks[central], checked, batch_size,
+                                num_permutations=null_permutations, seed=seed)
     threshold, direction = claims.threshold("skip_removal_partitions_representation")
     findings.append(Finding(
         key="skip_removal_partitions_representation", section="6",
@@ -492,7 +494,8 @@ def run(vit, resnet=None, mixer=None, no_skip_models=None, *, data, known_accura
       progress: show progress bars.
       strategy: optional ``tf.distribute.Strategy`` for the CKA accumulation of Figure 8.
       context: optional JSON-able dict recorded in every finding's detail (e.g. ``{"dataset": "imagenet2012"}``).
-      check_examples, null_permutations: the checks of the skip-removal finding (module docstring).
+      check_examples, null_permutations: the checks of the skip-removal finding (module docstring;
+        ``check_examples=0`` skips them).
 
     Returns a :class:`SectionResult` with array groups ``norm_ratios`` (and ``skip_removal_cka``), Figures 7 (and 8)
     and the findings; ``summary["skipped"]`` names each skipped figure with the reason.
