@@ -56,10 +56,10 @@ def test_every_op_runs_its_compiled_computation_with_tf32_off(tf32_enabled, monk
 
 
 @pytest.mark.parametrize("method", ["update_state", "minibatch_terms"])
-def test_minibatch_cka_computes_its_terms_with_tf32_off(tf32_enabled, method):
+def test_minibatch_cka_computes_its_terms_with_tf32_off(tf32_enabled, monkeypatch, method):
     metric = minibatch.MinibatchCKA(2)
     seen = []
-    metric._batch_terms = _recording(metric._batch_terms, seen)
+    monkeypatch.setattr(minibatch, "_batch_terms", _recording(minibatch._batch_terms, seen))
     layers = [np.random.default_rng(i).normal(size=(6, 4)).astype(np.float32) for i in range(2)]
     getattr(metric, method)(layers)
     assert seen == [False]
