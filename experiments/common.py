@@ -43,6 +43,9 @@ DEFAULT_SEEDS = (0, 1, 2)
 CONTROLS = ("init", "none")
 CONTROL_FOLDER = "init"
 _MODEL_OPTIONS = ("models", "little_data_models")
+# the model pools of the run_experiment calls under way (innermost last): a run's models are the earlier runs' model
+# objects of the same architectures, with their own weights, so compiled extraction functions are reused
+_MODEL_POOL = []
 
 
 def add_common_arguments(parser, *, default_models, default_num_examples=1024, default_batch_size=128,
@@ -222,16 +225,22 @@ def run_experiment(module, options):
     no other run takes place, else with the findings pooled over the seeds, each with its control
     (``vitcnn_tf.findings.pool_seeds``; the claims of ``vitcnn_tf.claims`` say which are about learning), and
     ``runs``: every run's name, folder, models and why it was skipped. The pooled summary replaces the first run's
-    ``summary.json``."""
+    ``summary.json``. The runs share a ``vitcnn_tf.model_specs.ModelPool``: a run's models are the earlier runs'
+    model objects of the same architectures, with the run's own weights, so what was compiled for them is reused."""
     from vitcnn_tf import claims
 
     runs = experiment_runs(options, module)
     summaries, listing = {}, []
-    for name, run_options, skipped in runs:
-        if not skipped:
-            summaries[name] = module.run(run_options)
-        listing.append({"name": name, "folder": os.path.relpath(run_options.out, options.out),
-                        "models": run_options.models, "skipped": skipped})
+    _MODEL_POOL.append(model_spec_lib.ModelPool())
+    try:
+        for name, run_options, skipped in runs:
+            if not skipped:
+                summaries[name] = module.run(run_options)
+                _MODEL_POOL[-1].release()
+            listing.append({"name": name, "folder": os.path.relpath(run_options.out, options.out),
+                            "models": run_options.models, "skipped": skipped})
+    finally:
+        _MODEL_POOL.pop()
     first = runs[0][0]
     if first not in summaries:
         raise UserError(f"--seeds {options.seeds[0]}: {runs[0][2]}")
@@ -481,8 +490,9 @@ def _check_block(options, configs):
 
 def load_models(specs, options):
     """``{label: keras.Model}`` for the model specs, in order (``vitcnn_tf.model_specs.load_models``), with the zoo
-    folder, data folder and progress of ``options``."""
-    return model_spec_lib.load_models(specs, zoo_dir=options.zoo_dir, data_dir=getattr(options, "data_dir", None),
+    folder, data folder and progress of ``options``; within :func:`run_experiment`, from its model pool."""
+    return model_spec_lib.load_models(specs, pool=_MODEL_POOL[-1] if _MODEL_POOL else None, zoo_dir=options.zoo_dir,
+                                      data_dir=getattr(options, "data_dir", None),
                                       verbose="auto" if getattr(options, "progress", True) else 0)
 
 

@@ -68,6 +68,23 @@ def test_values_match_reference_linear_cka_with_prefix_and_chunks(images, method
     np.testing.assert_allclose(one_block_at_a_time, full, rtol=1e-12)
 
 
+@pytest.mark.parametrize("max_bytes", [localization.DEFAULT_MAX_BYTES, 1])  # from Gram matrices; recomputed
+def test_resampled_maps_are_the_maps_of_the_resampled_examples(images, max_bytes):
+    rng = np.random.default_rng(2)
+    vit_tokens = rng.normal(size=(24, 1 + 9, 5)) + rng.normal(size=(1, 10, 5)) * 3
+    feature_map = rng.normal(size=(24, 2, 2, 4))
+    resampled = localization.ResampledTokenPatchCKA([vit_tokens, feature_map], images, 4, [1, 0], max_bytes)
+    indices = rng.integers(0, 24, size=24)  # with repeats
+    for found, tokens, prefix in zip(resampled(indices), [vit_tokens, feature_map], [1, 0]):
+        expected = localization.token_patch_cka(tokens[indices], images[indices], 4, num_prefix_tokens=prefix)
+        np.testing.assert_allclose(found, expected, rtol=1e-10)
+        for token, patch in [(0, 0), (3, 7)]:
+            chosen = tokens[indices].reshape(24, -1, tokens.shape[-1])[:, prefix + token]
+            reference_value = reference.linear_cka(chosen, patches_by_slicing(images[indices].astype(np.float64),
+                                                                              4)[:, patch])
+            assert found[token, patch] == pytest.approx(reference_value, rel=1e-10)
+
+
 def test_methods_agree_and_auto_picks_the_cheaper():
     rng = np.random.default_rng(3)
     images = rng.uniform(-1, 1, size=(10, 8, 8, 3))

@@ -74,6 +74,15 @@ def test_image_batches_do_not_change_the_result_and_a_channel_subset_is_their_me
     np.testing.assert_allclose(subset, expected, rtol=1e-5)
 
 
+def test_a_models_gradients_are_compiled_once_per_tap():
+    model = conv_stack(3, 2)
+    first = receptive_field.per_image_effective_receptive_field(model, images_for(model, count=4), "conv1")
+    again = receptive_field.per_image_effective_receptive_field(model, images_for(model, count=4), "conv1")
+    np.testing.assert_array_equal(again, first)
+    gradients, shape = receptive_field._gradient_function(model, "conv1", None)
+    assert gradients.experimental_get_tracing_count() == 1 and shape == (None, 15, 15, 4)
+
+
 def test_sampled_channels_are_drawn_per_image_without_replacement():
     every = receptive_field.sampled_channels(3, 5)
     np.testing.assert_array_equal(every, np.tile(np.arange(5), (3, 1)))

@@ -169,6 +169,23 @@ def test_run_experiment_pools_each_finding_over_the_seeds_that_have_it(tmp_path)
     assert [run["name"] for run in summary["runs"]] == ["seed0", "seed1", "seed2", "init"]
 
 
+def test_the_runs_of_an_experiment_share_model_objects_of_one_architecture(tmp_path):
+    loaded = []
+
+    def run(options):
+        models = common.load_models(options.models, options)
+        loaded.append(list(models.values()))
+        assert len({id(model) for model in models.values()}) == len(models)
+        return common.write_summary(options, {"models": {}, "findings": []})
+
+    options = options_for(tmp_path, ["vit", "vit_gap"], seeds=(0, 1), control="init")
+    options.zoo_dir, options.progress = None, False
+    common.run_experiment(types.SimpleNamespace(run=run, __name__="fake"), options)
+    assert [len(models) for models in loaded] == [2, 2, 2]
+    assert all(later[i] is loaded[0][i] for later in loaded[1:] for i in range(2))
+    assert common.load_models(["vit"], options)["vit"] is not loaded[0][0]  # outside run_experiment: a new model
+
+
 def test_one_seed_without_control_is_the_plain_run(tmp_path):
     calls = []
     summary = common.run_experiment(fake_module(calls), options_for(tmp_path, ["vit"], seeds=(0,), control="none"))

@@ -10,8 +10,8 @@ import pytest
 
 import helpers
 from vitcnn_tf import atomic_io, zoo
-from vitcnn_tf.model_specs import (ModelSpec, init_spec, load_model, load_models, model_identity, parse_model_spec,
-                                   seed_twin)
+from vitcnn_tf.model_specs import (ModelPool, ModelSpec, init_spec, load_model, load_models, model_identity,
+                                   parse_model_spec, seed_twin)
 from vitcnn_tf.models import ViT, load_timm, save_npz
 
 TIMM_FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "timm"
@@ -203,3 +203,42 @@ def test_spec_config_of_init_specs(tmp_path):
     assert config == load_model(f"ViT-CPU/4:{CPU_VIT}").config
     with pytest.raises(common.UserError, match="--models init:a.keras: .*no initialisation control"):
         common.spec_config("init:a.keras", options)
+
+
+def test_a_model_pool_hands_out_kept_models_with_the_weights_of_the_new_spec(tmp_path):
+    first = helpers.randomize_weights(load_model(f"ViT-CPU/4:{CPU_VIT}"), seed=3)
+    second = helpers.randomize_weights(load_model(f"ViT-CPU/4:{CPU_VIT}"), seed=4)
+    save_npz(first, tmp_path / "first.npz")
+    save_npz(second, tmp_path / "second.npz")
+    images = helpers.random_images(2, 16)
+    pool = ModelPool()
+    a = pool.load_model(f"ViT-CPU/4:{CPU_VIT}={tmp_path / 'first.npz'}")
+    b = pool.load_model(f"ViT-CPU/4:{CPU_VIT}={tmp_path / 'second.npz'}")
+    assert a is not b  # one run's models are distinct objects
+    helpers.assert_same_forward(a, first, images)
+    helpers.assert_same_forward(b, second, images)
+    pool.release()
+    again = pool.load_model(f"ViT-CPU/4:{CPU_VIT}={tmp_path / 'second.npz'}")
+    initial = pool.load_model(f"init:ViT-CPU/4:{CPU_VIT}")
+    other = pool.load_model(f"ViT-CPU/4:{CPU_VIT},classifier='gap'")
+    assert again is a and initial is b and other not in (a, b)
+    helpers.assert_same_forward(again, second, images)
+    helpers.assert_same_forward(initial, load_model(f"init:ViT-CPU/4:{CPU_VIT}"), images)
+    pool.release()
+    preset = pool.load_model(f"ViT-CPU/4:{CPU_VIT}")
+    assert preset is a
+    keras.utils.set_random_seed(7)
+    reference = load_model(f"ViT-CPU/4:{CPU_VIT}")
+    keras.utils.set_random_seed(7)
+    helpers.assert_same_forward(pool.load_model(f"ViT-CPU/4:{CPU_VIT}"), reference, images)
+
+
+def test_a_model_pool_loads_a_zoo_model_into_a_kept_one():
+    pool = ModelPool()
+    kept = pool.load_model("vit")
+    pool.release()
+    twin = pool.load_model("vit_seed1")
+    assert twin is kept
+    helpers.assert_same_forward(twin, load_model("vit_seed1"), helpers.random_images(2, kept.config.image_size))
+    with pytest.raises(ValueError, match="into: zoo recipe 'resnet' needs a model of config"):
+        zoo.load_or_train("resnet", None, into=kept)

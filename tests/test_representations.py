@@ -55,6 +55,15 @@ def test_extract_selected_taps_in_the_given_order(vit):
     np.testing.assert_allclose(everything["block01/attn"], out["block01/attn"], atol=1e-6)
 
 
+def test_tap_shapes_are_those_of_the_extracted_values(vit):
+    names = ["logits", "block01/attn", "block00/mlp_hidden", "embedding"]
+    shapes = representations.tap_shapes(vit, names)
+    assert list(shapes) == names
+    assert shapes == {name: value.shape[1:] for name, value in representations.extract(vit, random_images(2),
+                                                                                        names).items()}
+    assert list(representations.tap_shapes(vit)) == list(vit.taps)
+
+
 def test_extract_by_regex_and_by_exact_name(vit):
     images = random_images(2)
     assert list(representations.extract(vit, images, r"block\d+/\+mlp")) == ["block00/+mlp", "block01/+mlp"]

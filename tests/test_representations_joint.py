@@ -42,6 +42,19 @@ def test_layer_selection_per_model_and_split_tap_name(models):
         representations.split_tap_name("pre_logits")
 
 
+def test_the_same_models_selections_and_keys_give_the_same_joint_model(models):
+    layers = {"vit": r"block00/\+mlp", "resnet": ["pre_logits"]}
+    pair = {"vit": models["vit"], "resnet": models["resnet"]}
+    joint = representations.joint_tap_model(pair, layers)
+    assert representations.joint_tap_model(dict(pair), dict(layers)) is joint
+    assert representations.joint_tap_model({"vit": models["vit"], "resnet": models["mixer"]},
+                                           {"vit": layers["vit"]}) is not joint
+    assert representations.joint_tap_model(pair, {"vit": layers["vit"]}) is not joint
+    renamed = representations.joint_tap_model({"a": models["vit"], "resnet": models["resnet"]},
+                                               {"a": layers["vit"], "resnet": layers["resnet"]})
+    assert renamed is not joint and representations.layer_names(renamed)[0] == "a:block00/+mlp"
+
+
 def test_joint_accumulation_equals_the_reference_minibatch_cka(models):
     """One pass of the joint model gives every cross-model pair, as reference.minibatch_cka on per-model taps."""
     pair = {key: models[key] for key in ("vit", "resnet")}

@@ -170,10 +170,11 @@ def recipe_name(spec):
     return parsed.text if parsed.kind == "zoo" else None
 
 
-def load_models(specs, **kwargs):
-    """``{label: keras.Model}`` for ``specs`` in order, through :func:`load_model` (``kwargs``). A repeated label
-    is told apart by the checkpoint's file name (``ViT-B-16``, ``ViT-B-16-B_16-i1k-300ep...``), else by a ``#k``
-    suffix (``vit``, ``vit#2``)."""
+def load_models(specs, *, pool=None, **kwargs):
+    """``{label: keras.Model}`` for ``specs`` in order, through :func:`load_model` (``kwargs``), or through
+    ``pool.load_model`` (a :class:`ModelPool`). A repeated label is told apart by the checkpoint's file name
+    (``ViT-B-16``, ``ViT-B-16-B_16-i1k-300ep...``), else by a ``#k`` suffix (``vit``, ``vit#2``)."""
+    load = load_model if pool is None else pool.load_model
     models = {}
     for spec in map(parse_model_spec, specs):
         label = spec.label
@@ -181,8 +182,72 @@ def load_models(specs, **kwargs):
             label = f"{label}-{safe_label(os.path.splitext(os.path.basename(spec.path))[0])}"
         if label in models:
             label = f"{label}#{sum(existing.split('#')[0] == label for existing in models) + 1}"
-        models[label] = load_model(spec, **kwargs)
+        models[label] = load(spec, **kwargs)
     return models
+
+
+class ModelPool:
+    """Models kept from one run of an analysis to the next, so that what was compiled for a model object
+    (extraction functions, gradients) runs again without being traced again.
+
+    :meth:`load_model` gives the model of ``spec`` as :func:`load_model` does. When a kept model of the same
+    architecture (the same config) is free, it is that model with ``spec``'s weights loaded into it: a zoo model's
+    or checkpoint's file read into it, an initialisation's or preset's weights copied from a freshly built model.
+    :meth:`release` frees every model handed out, once a run is done with them. A ``.keras`` file's model is never
+    kept.
+    """
+
+    def __init__(self):
+        self._free = {}  # architecture -> [kept model], in the order they were first handed out
+        self._taken = []  # [(architecture, model)] handed out since the last release
+
+    def load_model(self, spec, *, zoo_dir=None, data_dir=None, verbose=0):
+        """The model of ``spec`` (arguments as :func:`load_model`), a kept one where its architecture allows."""
+        spec = parse_model_spec(spec)
+        architecture = _architecture(spec, data_dir)
+        if architecture is None:
+            return load_model(spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
+        free = self._free.get(architecture)
+        if free:
+            model = free.pop(0)
+            _load_weights_into(model, spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
+        else:
+            model = load_model(spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
+        self._taken.append((architecture, model))
+        return model
+
+    def release(self):
+        """Makes every model handed out since the last release free for the next :meth:`load_model`."""
+        for architecture, model in self._taken:
+            self._free.setdefault(architecture, []).append(model)
+        self._taken = []
+
+
+def _architecture(spec, data_dir):
+    """The ``repr`` of the config that builds the model of ``spec`` (equal configs, equal architectures); None for a
+    ``.keras`` file."""
+    if spec.kind == "init":
+        spec = spec.inner
+    if spec.kind == "keras":
+        return None
+    if spec.kind == "zoo":
+        from vitcnn_tf import zoo
+
+        return repr(zoo.model_config(spec.text, data_dir=data_dir))
+    return repr(registry.model_config(spec.preset, **spec.overrides))
+
+
+def _load_weights_into(model, spec, *, zoo_dir, data_dir, verbose):
+    """Gives ``model`` (built from the config of ``spec``) the weights of ``spec``'s model."""
+    if spec.kind == "zoo":
+        from vitcnn_tf import zoo
+
+        zoo.load_or_train(spec.text, zoo_dir, data_dir=data_dir, verbose=verbose, into=model)
+    elif spec.kind == "checkpoint":
+        _require_file(spec)
+        registry.load_checkpoint(model, spec.path)
+    else:  # an initialisation or a preset: the weights a fresh build draws
+        model.set_weights(load_model(spec, zoo_dir=zoo_dir, data_dir=data_dir).get_weights())
 
 
 def model_identity(spec, zoo_dir=None):

@@ -24,6 +24,8 @@ from vitcnn_tf.metrics.precision import full_float32_precision
 
 # model -> {tuple of tap names -> compiled extraction function}; entries go away with their model.
 _EXTRACTORS = weakref.WeakKeyDictionary()
+# first model -> {(keys, selections, name) -> ([weak references to the other models], joint model)}
+_JOINT_MODELS = weakref.WeakKeyDictionary()
 
 
 def layer_names(model):
@@ -41,6 +43,13 @@ def extract(model, images, layers=None):
     images = _check_images(model, images, "extract")
     outputs = _extractor(model, names)(images)
     return {name: np.asarray(value) for name, value in zip(names, outputs)}
+
+
+def tap_shapes(model, layers=None):
+    """``{tap name: shape of one example}`` (the symbolic shape without the batch axis; None for a dynamic axis) of
+    the taps ``layers`` selects, without running the model."""
+    taps = _taps(model)
+    return {name: tuple(taps[name].shape[1:]) for name in select_layers(model, layers)}
 
 
 def select_layers(model, layers=None):
@@ -99,10 +108,22 @@ def joint_tap_model(models, layers=None, name="joint"):
     ``layers``: None (all taps of every model) or {key -> selection} as in ``select_layers`` (a missing key selects
     all its taps). Feeding the result to ``accumulate_cka`` accumulates every within- and cross-model CKA pair in
     one pass, each tap's Gram matrix computed once per minibatch; ``split_tap_name`` undoes the naming.
+    The same model objects, selections and name give the same joint model (so its compiled extraction is reused).
     """
     if not models:
         raise ValueError("joint_tap_model: models is empty; expected {key: model}")
     layers = {} if layers is None else dict(layers)
+    first, *others = models.values()
+    key = (tuple(models), repr(sorted(layers.items(), key=lambda item: str(item[0]))), name)
+    cached = _JOINT_MODELS.get(first, {}).get(key)
+    if cached is not None and all(ref() is model for ref, model in zip(cached[0], others)):
+        return cached[1]
+    joint = _build_joint_tap_model(models, layers, name)
+    _JOINT_MODELS.setdefault(first, {})[key] = ([weakref.ref(model) for model in others], joint)
+    return joint
+
+
+def _build_joint_tap_model(models, layers, name):
     unknown = sorted(set(layers) - set(models))
     if unknown:
         raise ValueError(f"joint_tap_model: layers has keys {unknown} that are not in models ({sorted(models)})")

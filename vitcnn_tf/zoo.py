@@ -291,12 +291,13 @@ def _check_entry(recipe, folder):
 
 
 def load_or_train(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_dir=None, cache_dir=None,
-                  verbose="auto"):
+                  verbose="auto", into=None):
     """The trained model of ``recipe`` (a name of :data:`RECIPES` or a :class:`Recipe`) as a :class:`ZooEntry`.
 
     ``results_dir`` a folder: loaded from its valid entry (unless ``retrain``), else trained and cached there.
     None: the shipped weights, never trained (:class:`ShippedZooError` as :func:`cached_record`; ValueError for
-    ``retrain=True``). ``data_dir`` / ``cache_dir`` are passed to :func:`vitcnn_tf.data.load_dataset`.
+    ``retrain=True``). ``data_dir`` / ``cache_dir`` are passed to :func:`vitcnn_tf.data.load_dataset`. ``into``: a
+    model of the recipe's config that receives the weights and is returned, instead of a newly built one.
     """
     recipe = get_recipe(recipe)
     folder = recipe_dir(recipe, results_dir)
@@ -305,7 +306,7 @@ def load_or_train(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, dat
             raise ValueError(f"zoo recipe {recipe.name!r}: retrain=True needs a results_dir folder; the shipped zoo "
                              "is never retrained")
         record = cached_record(recipe, None)
-        model = build_model(recipe, num_classes=record["data"]["num_classes"])
+        model = _model_for(recipe, record, into)
         weights_path = os.path.join(folder, record["weights_file"])
         try:
             training.load_weights(model, weights_path, WEIGHTS_FORMAT)
@@ -316,7 +317,7 @@ def load_or_train(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, dat
         return ZooEntry(model, record, trained=False)
     record = None if retrain else cached_record(recipe, results_dir)
     if record is not None:
-        model = build_model(recipe, num_classes=record["data"]["num_classes"])
+        model = _model_for(recipe, record, into)
         try:
             training.load_weights(model, os.path.join(folder, record["weights_file"]), WEIGHTS_FORMAT)
         except (OSError, ValueError) as error:
@@ -324,7 +325,24 @@ def load_or_train(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, dat
         else:
             _LOG.info("zoo: %s: loaded from %s", recipe.name, folder)
             return ZooEntry(model, record, trained=False)
-    return _train(recipe, folder, data_dir, cache_dir, verbose)
+    entry = _train(recipe, folder, data_dir, cache_dir, verbose)
+    if into is None:
+        return entry
+    _model_for(recipe, entry.record, into).set_weights(entry.model.get_weights())
+    return ZooEntry(into, entry.record, entry.trained)
+
+
+def _model_for(recipe, record, into):
+    """``into``, checked to have the config of ``recipe`` with the record's class count, or else a newly built
+    model of that config."""
+    num_classes = record["data"]["num_classes"]
+    if into is None:
+        return build_model(recipe, num_classes=num_classes)
+    expected = model_config(recipe, num_classes=num_classes)
+    if getattr(into, "config", None) != expected:
+        raise ValueError(f"into: zoo recipe {recipe.name!r} needs a model of config {expected}, got "
+                         f"{getattr(into, 'config', None)}")
+    return into
 
 
 def get_model(recipe, results_dir=DEFAULT_RESULTS_DIR, *, retrain=False, data_dir=None, cache_dir=None,

@@ -125,7 +125,11 @@ def cka_from_batch_terms(batch_terms, batch_indices=None):
     ``CKA_ij = sum cross_ij / sqrt(sum self_x_i * sum self_y_j)``. A layer whose summed self term is not positive
     (constant representation) gives NaN entries.
     """
-    cross, self_x, self_y = _check_batch_terms(batch_terms)
+    return _cka_from_checked_terms(*_check_batch_terms(batch_terms), batch_indices)
+
+
+def _cka_from_checked_terms(cross, self_x, self_y, batch_indices=None):
+    """:func:`cka_from_batch_terms` of terms already checked by :func:`_check_batch_terms`."""
     if batch_indices is not None:
         cross, self_x, self_y = cross[batch_indices], self_x[batch_indices], self_y[batch_indices]
     sum_x, sum_y = self_x.sum(axis=0), self_y.sum(axis=0)
@@ -176,8 +180,9 @@ def _cka_bootstrap(batch_terms, statistic_fns, num_resamples, confidence, seed, 
     named_terms = batch_terms if joint else {None: batch_terms}
     if not named_terms:
         raise ValueError("batch_terms: expected per-batch terms or a non-empty dict of them")
-    counts = {name: _check_batch_terms(terms, f"batch_terms[{name!r}]" if joint else "batch_terms")[0].shape[0]
-              for name, terms in named_terms.items()}
+    checked = {name: _check_batch_terms(terms, f"batch_terms[{name!r}]" if joint else "batch_terms")
+               for name, terms in named_terms.items()}
+    counts = {name: terms[0].shape[0] for name, terms in checked.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"batch_terms: jointly resampled entries must have the same number of batches, got {counts}")
     num_batches = next(iter(counts.values()))
@@ -188,7 +193,7 @@ def _cka_bootstrap(batch_terms, statistic_fns, num_resamples, confidence, seed, 
         raise ValueError(f"batches_per_resample: expected None or an int >= 1, got {batches_per_resample!r}")
 
     def statistic(indices, seeds):
-        matrices = {name: cka_from_batch_terms(terms, indices) for name, terms in named_terms.items()}
+        matrices = {name: _cka_from_checked_terms(*terms, indices) for name, terms in checked.items()}
         values = []
         for seed_index in seeds:
             value = np.asarray(statistic_fns[seed_index](matrices if joint else matrices[None]), dtype=np.float64)

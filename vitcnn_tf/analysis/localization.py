@@ -112,20 +112,9 @@ def token_patch_cka(tokens, images, patch_size, num_prefix_tokens=0, method="aut
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    tokens = token_layout.as_float64(tokens, "tokens")
-    if tokens.ndim == 4:
-        tokens = tokens.reshape(tokens.shape[0], tokens.shape[1] * tokens.shape[2], tokens.shape[3])
-    if tokens.ndim != 3:
-        raise ValueError(f"tokens: expected [n, T, d] or a map [n, h, w, c], got shape {tokens.shape}")
-    prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, tokens.shape[1], "tokens")
-    tokens = tokens[:, prefix:]
     patches = image_patches(images, patch_size)
+    tokens = _spatial_tokens(tokens, num_prefix_tokens, len(patches))
     n = tokens.shape[0]
-    if patches.shape[0] != n:
-        raise ValueError(f"tokens ({n} examples) and images ({patches.shape[0]} examples) must be paired")
-    if n < 2:
-        raise ValueError(f"tokens: CKA over examples needs at least 2 examples, got {n}")
-    token_layout.check_finite(tokens, "tokens")
     token_layout.check_finite(patches, "images")
 
     tokens = tokens - tokens.mean(axis=0, keepdims=True)
@@ -148,6 +137,88 @@ def token_patch_cka(tokens, images, patch_size, num_prefix_tokens=0, method="aut
             stacklevel=2,
         )
     return cka
+
+
+def _spatial_tokens(tokens, num_prefix_tokens, num_images):
+    """``[n, T, d]`` tokens (or a map ``[n, h, w, c]``) -> the finite float64 ``[n, T - prefix, d]`` spatial tokens
+    of ``num_images`` paired examples (at least 2)."""
+    tokens = token_layout.as_float64(tokens, "tokens")
+    if tokens.ndim == 4:
+        tokens = tokens.reshape(tokens.shape[0], tokens.shape[1] * tokens.shape[2], tokens.shape[3])
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens: expected [n, T, d] or a map [n, h, w, c], got shape {tokens.shape}")
+    prefix = token_layout.check_num_prefix_tokens(num_prefix_tokens, tokens.shape[1], "tokens")
+    tokens = tokens[:, prefix:]
+    n = tokens.shape[0]
+    if num_images != n:
+        raise ValueError(f"tokens ({n} examples) and images ({num_images} examples) must be paired")
+    if n < 2:
+        raise ValueError(f"tokens: CKA over examples needs at least 2 examples, got {n}")
+    token_layout.check_finite(tokens, "tokens")
+    return tokens
+
+
+class ResampledTokenPatchCKA:
+    """``token_patch_cka`` of several token sets paired with the same images, on resamples of their examples (a
+    bootstrap): ``resampled(indices)`` is ``[token_patch_cka(tokens[indices], images[indices], ...) for each set]``
+    for ``indices`` ``[m]`` (repeats allowed), equal to rounding.
+
+    When the Gram matrices of every token and patch over the ``n`` examples fit in ``max_bytes``, they are computed
+    once, and a resample's map follows from them: the Gram matrix of the features of examples ``indices``, centred
+    over those examples, is ``H K[indices][:, indices] H`` (``K`` the Gram matrix of the features centred over all
+    ``n``, ``H`` the centring matrix of size ``m``), computed on the distinct examples drawn with their counts as
+    weights. Otherwise every resample recomputes the maps from the features.
+
+    Args: ``token_sets``: ``[n, T_s, d_s]`` arrays (or maps ``[n, h, w, c]``); ``images`` ``[n, H, W, C]``;
+    ``num_prefix_tokens``: one count per set; ``patch_size``, ``max_bytes``: as ``token_patch_cka``.
+    """
+
+    def __init__(self, token_sets, images, patch_size, num_prefix_tokens, max_bytes=DEFAULT_MAX_BYTES):
+        if len(token_sets) != len(num_prefix_tokens):
+            raise ValueError(f"num_prefix_tokens: expected one count per token set ({len(token_sets)}), got "
+                             f"{len(num_prefix_tokens)}")
+        self._token_sets, self._images, self._patch_size = token_sets, images, patch_size
+        self._prefixes, self._max_bytes = list(num_prefix_tokens), max_bytes
+        patches = image_patches(images, patch_size)
+        token_layout.check_finite(patches, "images")
+        spatial = [_spatial_tokens(tokens, prefix, len(patches))
+                   for tokens, prefix in zip(token_sets, num_prefix_tokens)]
+        n = len(patches)
+        gram_bytes = 8 * n * n * (patches.shape[1] + sum(tokens.shape[1] for tokens in spatial))
+        self._grams = None
+        if gram_bytes <= max_bytes:
+            self._grams = [_grams(features - features.mean(axis=0, keepdims=True)).reshape(-1, n, n)
+                           for features in [patches] + spatial]
+
+    def __call__(self, indices):
+        """``[[T_s - prefix, P] CKA map of each set]`` on the examples ``indices``."""
+        indices = np.asarray(indices)
+        if self._grams is None:
+            return [token_patch_cka(tokens[indices], self._images[indices], self._patch_size, num_prefix_tokens=prefix,
+                                    max_bytes=self._max_bytes)
+                    for tokens, prefix in zip(self._token_sets, self._prefixes)]
+        patch_grams, *token_grams = [_resampled_centred_grams(grams, indices) for grams in self._grams]
+        patch_self = np.square(np.linalg.norm(patch_grams, axis=1))
+        maps = []
+        for grams in token_grams:
+            token_self = np.square(np.linalg.norm(grams, axis=1))
+            maps.append(reference.cka_from_hsic(grams @ patch_grams.T, token_self, patch_self, token_self,
+                                                patch_self)[0])
+        return maps
+
+
+def _resampled_centred_grams(grams, indices):
+    """``[k, n, n]`` Gram matrices -> ``[k, u * u]``: those of the examples ``indices`` ``[m]`` centred over them,
+    in the space of the ``u`` distinct examples drawn: entry ``(a, b)`` is the centred entry times
+    ``sqrt(c_a c_b)``, ``c`` the number of draws of each, so that inner products and norms equal those of the
+    ``[m, m]`` matrices."""
+    drawn, counts = np.unique(indices, return_counts=True)
+    weights = counts.astype(np.float64)
+    chosen = grams[:, drawn[:, None], drawn[None, :]]  # [k, u, u]
+    means = chosen @ (weights / weights.sum())  # [k, u]: the weighted mean of each row (= of each column)
+    centred = chosen - means[:, :, None] - means[:, None, :] + (means @ (weights / weights.sum()))[:, None, None]
+    root = np.sqrt(weights)
+    return (centred * (root[:, None] * root[None, :])).reshape(len(grams), -1)
 
 
 def region_mask(token_grid, patch_grid):

@@ -8,11 +8,16 @@ over the input's colour channels. The centre location is the pixel ``(h // 2, w 
 / CLS tokens excluded); for even sizes that is the lower-right of the four central positions.
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
 from vitcnn_tf import grids, representations
 from vitcnn_tf.analysis import tokens as token_layout
+
+# model -> {(tap, num_prefix_tokens) -> (compiled summed_abs_gradients, tap shape)}; entries go away with the model
+_GRADIENT_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
 def centre_index(output_shape, num_prefix_tokens):
@@ -83,10 +88,30 @@ def per_image_effective_receptive_field(model, images, layer, num_prefix_tokens=
         raise ValueError(f"images: expected a non-empty [n, H, W, C] batch, got shape {images.shape}")
     token_layout.check_finite(images, "images")
     (layer,) = representations.select_layers(model, [layer])
+    summed_abs_gradients, shape = _gradient_function(model, layer, num_prefix_tokens)
+    channels = sampled_channels(len(images), shape[-1], max_channels, seed)
+    total = np.zeros(images.shape, dtype=np.float64)
+    for begin in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[begin : begin + batch_size], dtype=tf.float32)
+        total[begin : begin + batch_size] = summed_abs_gradients(batch, channels[begin : begin + batch_size]).numpy()
+    return total.mean(axis=-1) / channels.shape[1]
+
+
+def _gradient_function(model, layer, num_prefix_tokens):
+    """``(summed_abs_gradients, tap shape)`` of ``model``'s tap ``layer`` (cached per model, tap and prefix count,
+    so a model's compiled gradients are reused)."""
+    per_model = _GRADIENT_FUNCTIONS.setdefault(model, {})
+    if (layer, num_prefix_tokens) not in per_model:
+        per_model[layer, num_prefix_tokens] = _build_gradient_function(model, layer, num_prefix_tokens)
+    return per_model[layer, num_prefix_tokens]
+
+
+def _build_gradient_function(model, layer, num_prefix_tokens):
+    """The compiled ``summed_abs_gradients(images [b, H, W, C], channels [b, k]) -> [b, H, W, C]`` of
+    ``model``'s tap ``layer`` and the tap's shape (a token tap of heads ``[n, T, H, dh]`` as ``[n, T, H * dh]``)."""
     submodel = representations.tap_model(model, layer)
     shape, num_prefix_tokens = _layer_layout(model, layer, submodel, num_prefix_tokens)
     centre = centre_index(shape, num_prefix_tokens)
-    channels = sampled_channels(len(images), shape[-1], max_channels, seed)
     flatten_heads = len(submodel.output.shape) == 4 and len(shape) == 3
 
     @tf.function(autograph=False, reduce_retracing=True)
@@ -110,11 +135,7 @@ def per_image_effective_receptive_field(model, images, layer, num_prefix_tokens=
                                  (tf.constant(0), tf.zeros_like(batch)), parallel_iterations=1)
         return total
 
-    total = np.zeros(images.shape, dtype=np.float64)
-    for begin in range(0, len(images), batch_size):
-        batch = tf.convert_to_tensor(images[begin : begin + batch_size], dtype=tf.float32)
-        total[begin : begin + batch_size] = summed_abs_gradients(batch, channels[begin : begin + batch_size]).numpy()
-    return total.mean(axis=-1) / channels.shape[1]
+    return summed_abs_gradients, shape
 
 
 def erf_extent(erf_map, mass=0.5, center=None):

@@ -89,8 +89,9 @@ class NormRatioAccumulator:
         self._ranks = {}
 
     def update(self, taps):
-        """Add one batch: ``taps`` maps every needed tap name to its ``[n, ..., d]`` value."""
-        batch_sizes = set()
+        """Add one batch: ``taps`` maps every needed tap name to its ``[n, ..., d]`` value. Returns the batch's
+        float64 token norms ``{sum tap: (skip norms [n, tokens], branch norms [n, tokens])}``."""
+        batch_sizes, norms = set(), {}
         for skip_tap, branch_tap, sum_tap in self.units:
             missing = [name for name in (sum_tap, branch_tap, skip_tap) if name is not None and name not in taps]
             if missing:
@@ -103,6 +104,7 @@ class NormRatioAccumulator:
             if skip.shape != branch.shape:
                 raise ValueError(f"{sum_tap}: skip shape {skip.shape} differs from branch shape {branch.shape}")
             skip_norms, branch_norms = _token_norms(skip, f"{sum_tap} skip"), _token_norms(branch, branch_tap)
+            norms[sum_tap] = skip_norms, branch_norms
             batch_sizes.add(len(branch_norms))
             self._skip_sums[sum_tap] = self._skip_sums.get(sum_tap, 0.0) + skip_norms.sum(axis=0)
             self._branch_sums[sum_tap] = self._branch_sums.get(sum_tap, 0.0) + branch_norms.sum(axis=0)
@@ -110,6 +112,7 @@ class NormRatioAccumulator:
         if len(batch_sizes) != 1:
             raise ValueError(f"taps: the residual units have different batch sizes {sorted(batch_sizes)}")
         self.num_examples += batch_sizes.pop()
+        return norms
 
     def result(self):
         """``{sum tap: {...}}`` per residual unit in forward order (see ``norm_ratios``)."""

@@ -58,17 +58,26 @@ def get_model(preset, checkpoint=None, **overrides):
     classifier="gap", num_heads=16)``). Any other suffix raises ``ValueError``.
     """
     family = family_of_preset(preset)
-    loader = None
     if checkpoint is not None:
-        path = os.fspath(checkpoint)
-        suffix = os.path.splitext(path)[1]
-        if suffix not in CHECKPOINT_LOADERS:
-            raise ValueError(f"checkpoint={path!r}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}")
-        loader = CHECKPOINT_LOADERS[suffix]
+        _checkpoint_loader(checkpoint)
     model = family.model_class(family.config_class.from_name(preset, **overrides))
-    if loader is not None:
-        loader(model, path)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
     return model
+
+
+def load_checkpoint(model, checkpoint):
+    """Loads a release ``.npz`` or timm ``.safetensors`` file into ``model`` (a model of the registry)."""
+    _checkpoint_loader(checkpoint)(model, os.fspath(checkpoint))
+
+
+def _checkpoint_loader(checkpoint):
+    """The loader of :data:`CHECKPOINT_LOADERS` for the file's suffix; ValueError for any other suffix."""
+    path = os.fspath(checkpoint)
+    suffix = os.path.splitext(path)[1]
+    if suffix not in CHECKPOINT_LOADERS:
+        raise ValueError(f"checkpoint={path!r}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}")
+    return CHECKPOINT_LOADERS[suffix]
 
 
 def model_family(model):

@@ -91,11 +91,11 @@ def token_features(value, num_prefix_tokens, token_grid, aggregations):
 
 def feature_bytes_per_example(model, layers, token_grid, aggregations):
     """``{layer: bytes}`` of the float32 probe features of one example at each of ``layers`` of ``model``."""
-    outputs = representations.tap_model(model, list(layers)).outputs
+    shapes = representations.tap_shapes(model, list(layers))
     prefix = tokens.infer_num_prefix_tokens(model)
     sizes = {}
-    for layer, output in zip(layers, outputs):
-        empty = np.zeros((1, *tuple(output.shape)[1:]), dtype=np.float32)
+    for layer in layers:
+        empty = np.zeros((1, *shapes[layer]), dtype=np.float32)
         sizes[layer] = sum(feature.nbytes for feature in
                            token_features(empty, prefix, token_grid, aggregations).values())
     return sizes

@@ -124,20 +124,10 @@ def scores_of_map(cka_map, own_patches):
     return scores
 
 
-def localization_statistics(images, token_sets, setups, patch_size):
-    """``[3M]`` scores (each of ``SCORES`` for every one of ``M`` models, score-major) on the given examples:
-    ``token_sets`` are the models' token arrays paired with ``images``; ``setups`` their
-    ``(num_prefix_tokens, own_patches)``."""
-    scores = []
-    for tokens, (prefix, own) in zip(token_sets, setups):
-        cka_map = localization.token_patch_cka(tokens, images, patch_size, num_prefix_tokens=prefix)
-        scores.append(scores_of_map(cka_map, own))
-    return np.array([score[name] for name in SCORES for score in scores])
-
-
 def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamples, seed, progress):
     """Percentile bootstrap over examples of the scores of ``labels`` (one draw of examples per resample, shared
-    by all models; every CKA map recomputed): ``{(label, score): interval}``, plus, when ``pair`` is given,
+    by all models; every CKA map recomputed, ``localization.ResampledTokenPatchCKA``): ``{(label, score):
+    interval}``, plus, when ``pair`` is given,
     ``("difference", score)``: the interval of score(pair[0]) - score(pair[1]) (for ``mean_own_rank``, where lower
     is better, score(pair[1]) - score(pair[0])), and ``("relative_drop", "own_share")``: that of the own-patch
     share's ``relative_drop`` from pair[0] to pair[1]. Empty when ``labels`` is empty."""
@@ -145,13 +135,15 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
         return {}
     bar = evaluation.progress_bar(resamples + 1, progress, unit_name="resample")
     calls = [0]
+    resampled_maps = localization.ResampledTokenPatchCKA([tokens[label] for label in labels], images, patch_size,
+                                                         [setups[label][0] for label in labels])
 
-    def statistic(resampled_images, *token_sets):
+    def statistic(indices):
         calls[0] += 1
         if bar is not None:
             bar.update(calls[0])
-        values = localization_statistics(resampled_images, token_sets, [setups[label] for label in labels],
-                                         patch_size)
+        scores = [scores_of_map(cka_map, setups[label][1]) for cka_map, label in zip(resampled_maps(indices), labels)]
+        values = np.array([score[name] for name in SCORES for score in scores])
         if pair is None:
             return values
         first, second = labels.index(pair[0]), labels.index(pair[1])
@@ -160,8 +152,9 @@ def bootstrap_scores(images, tokens, setups, labels, pair, patch_size, *, resamp
         return np.append(values, [-d if name == "mean_own_rank" else d for d, name in zip(differences, SCORES)]
                          + [relative_drop(values[share + first], values[share + second])])
 
-    estimate, low, high = bootstrap.bootstrap_interval(
-        statistic, images, *[tokens[label] for label in labels], num_resamples=resamples, seed=seed)
+    # resampling the example indices draws what resampling the images and tokens together would
+    estimate, low, high = bootstrap.bootstrap_interval(statistic, np.arange(len(images)), num_resamples=resamples,
+                                                       seed=seed)
     intervals = {(label, name): evaluation.interval(estimate[s * len(labels) + m], low[s * len(labels) + m],
                                                     high[s * len(labels) + m])
                  for s, name in enumerate(SCORES) for m, label in enumerate(labels)}
@@ -188,9 +181,10 @@ def localization_checks(images, tokens, setups, cls_label, gap_label, patch_size
         if label == cls_label:
             token_grams, own_pairs = measure_checks.grams(token_factors), np.argwhere(own)
     patch_grams = measure_checks.grams(patch_factors)
+    own_pair_cka = measure_checks.paired_linear_cka(token_grams[own_pairs[:, 0]], patch_grams[own_pairs[:, 1]])
 
     def own_patch_cka(order):
-        values = measure_checks.linear_cka_pairs(token_grams, patch_grams, own_pairs, order)
+        values = own_pair_cka(order)
         return float(np.mean([values[own_pairs[:, 0] == token].mean() for token in np.unique(own_pairs[:, 0])]))
 
     null = measure_checks.null_check(

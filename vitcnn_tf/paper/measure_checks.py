@@ -71,8 +71,11 @@ def reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes=DEFAU
 
 
 def _reduce_taps(model, images, taps, batch_size, reduce, max_feature_bytes):
-    sizes = {name: int(np.prod(value.shape[1:])) for name, value in
-             representations.extract(model, images[:1], list(taps)).items()}
+    shapes = representations.tap_shapes(model, list(taps))
+    if any(None in shape for shape in shapes.values()):  # a dynamic axis: sizes from one example's values
+        shapes = {name: value.shape[1:] for name, value in
+                  representations.extract(model, images[:1], list(taps)).items()}
+    sizes = {name: int(np.prod(shape)) for name, shape in shapes.items()}
     groups, group, group_bytes = [], [], 0
     for name in taps:
         size = 4 * len(images) * sizes[name]
@@ -137,23 +140,26 @@ def minibatch_cka(rows, cols, batch_size, order=None):
     n = rows.shape[1]
     blocks = np.arange(n).reshape(-1, batch_size)  # [B, b]
     reordered = blocks if order is None else np.asarray(order)[blocks]
-    row_blocks = _u_centred(rows[:, blocks[:, :, None], blocks[:, None, :]])  # [R, B, b, b]
-    col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]])
-    cross = np.einsum("rbij,cbij->rc", row_blocks, col_blocks)
-    self_rows = np.einsum("rbij,rbij->r", row_blocks, row_blocks)
-    self_cols = np.einsum("cbij,cbij->c", col_blocks, col_blocks)
+    row_blocks = _u_centred(rows[:, blocks[:, :, None], blocks[:, None, :]]).reshape(len(rows), -1)  # [R, B b b]
+    col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]]).reshape(len(cols), -1)
+    cross = row_blocks @ col_blocks.T  # the HSIC_1 sums over the minibatches, by a matrix product
+    self_rows = np.einsum("rk,rk->r", row_blocks, row_blocks)
+    self_cols = np.einsum("ck,ck->c", col_blocks, col_blocks)
     with np.errstate(invalid="ignore", divide="ignore"):
         return cross / np.sqrt(self_rows[:, None] * self_cols[None, :])
 
 
-def linear_cka_pairs(rows, cols, pairs, order=None):
-    """``[Q]`` linear CKA (biased HSIC over all ``n`` examples) of the ``pairs`` ``[(i, j), ...]`` of centred Gram
-    matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``."""
-    row_index, col_index = np.asarray(pairs).T
-    chosen_cols = cols[col_index] if order is None else cols[col_index][:, order][:, :, order]
-    chosen_rows = rows[row_index]
-    cross = np.einsum("qij,qij->q", chosen_rows, chosen_cols)
-    return cross / (np.linalg.norm(chosen_rows, axis=(1, 2)) * np.linalg.norm(chosen_cols, axis=(1, 2)))
+def paired_linear_cka(rows, cols):
+    """``order -> [Q]``: the linear CKA (biased HSIC over all ``n`` examples) of the centred Gram matrices
+    ``rows[q]`` and ``cols[q]`` (``[Q, n, n]`` each), the examples of ``cols`` reordered by ``order`` (None: as
+    they are). The norms are computed once: a reordering permutes a Gram matrix's entries, so it keeps its norm."""
+    norms = np.linalg.norm(rows, axis=(1, 2)) * np.linalg.norm(cols, axis=(1, 2))
+
+    def cka(order=None):
+        reordered = cols if order is None else cols[:, np.asarray(order)[:, None], np.asarray(order)[None, :]]
+        return np.einsum("qij,qij->q", rows, reordered) / norms
+
+    return cka
 
 
 def _u_centred(k):

@@ -98,7 +98,11 @@ def joint_cka(models, layers, data, *, passes=None, strategy=None, progress=Fals
     ``data``: see ``common.data_passes``. Returns ``(matrix [L, L] float64, joint names "<label>:<tap>", batch terms
     over every pass (``cross [B, L, L]``, ``self_x``, ``self_y``), batches per pass, examples per batch)``.
     """
-    joint = representations.joint_tap_model(models, layers)
+    # keyed by position, so that the same model objects (vitcnn_tf.model_specs.ModelPool) under other labels give
+    # the same joint model, whose compiled extraction is then reused
+    labels = list(models)
+    joint = representations.joint_tap_model({str(index): models[label] for index, label in enumerate(labels)},
+                                            {str(index): layers[label] for index, label in enumerate(labels)})
     metric, all_terms, batch_size = None, [], None
     pass_data = evaluation.data_passes(data, passes)
     for index, make in enumerate(pass_data):
@@ -114,6 +118,7 @@ def joint_cka(models, layers, data, *, passes=None, strategy=None, progress=Fals
     if len(counts) != 1:
         raise ValueError(f"data: the passes hold different numbers of minibatches {sorted(counts)}")
     terms = {key: np.concatenate([t[key] for t in all_terms]) for key in ("cross", "self_x", "self_y")}
+    names = [f"{labels[int(index)]}:{tap}" for index, tap in map(representations.split_tap_name, names)]
     return np.asarray(metric.result(), dtype=np.float64), names, terms, counts.pop(), batch_size
 
 

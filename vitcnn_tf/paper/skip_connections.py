@@ -61,24 +61,19 @@ NO_CLS_VIT_REASON = "the ViT has no CLS token: no CLS / spatial split and no tok
 # (a) norm ratios: statistics
 
 
-def per_example_norms(units, taps, num_prefix_tokens):
+def per_example_norms(units, token_norms, num_prefix_tokens):
     """Token-averaged norms of one batch: ``{"skip", "branch"}`` ``[n, U]`` over all tokens (or positions of a
     feature map), plus ``"skip_cls"``, ``"branch_cls"``, ``"skip_spatial"``, ``"branch_spatial"`` when
     ``num_prefix_tokens > 0`` (token taps ``[n, T, d]`` whose first tokens are CLS).
 
-    ``units``: ``[(skip tap or None, branch tap, sum tap)]``; ``z`` is the skip tap, else ``sum - f(z)``.
+    ``units``: ``[(skip tap or None, branch tap, sum tap)]``; ``token_norms``: ``{sum tap: (norms of z, norms of
+    f(z)), each [n, tokens]}`` (``skip.NormRatioAccumulator.update``).
     """
     keys = ("skip", "branch") + (("skip_cls", "branch_cls", "skip_spatial", "branch_spatial")
                                  if num_prefix_tokens else ())
     parts = {key: [] for key in keys}
-    for skip_tap, branch_tap, sum_tap in units:
-        branch = np.asarray(taps[branch_tap], dtype=np.float64)
-        if skip_tap is not None:
-            z = np.asarray(taps[skip_tap], dtype=np.float64)
-        else:
-            z = np.asarray(taps[sum_tap], dtype=np.float64) - branch
-        for name, value in (("skip", z), ("branch", branch)):
-            norms = np.linalg.norm(value.reshape(len(value), -1, value.shape[-1]), axis=-1)  # [n, tokens]
+    for _, _, sum_tap in units:
+        for name, norms in zip(("skip", "branch"), token_norms[sum_tap]):
             parts[name].append(norms.mean(axis=1))
             if num_prefix_tokens:
                 parts[f"{name}_cls"].append(norms[:, :num_prefix_tokens].mean(axis=1))
@@ -136,8 +131,8 @@ def collect_norm_ratios(models, data, progress=False):
         for label, model in models.items():
             state = states[label]
             taps = representations.extract(model, images, state["needed"])
-            state["accumulator"].update(taps)
-            state["per_example"].append(per_example_norms(state["units"], taps, state["prefix"]))
+            token_norms = state["accumulator"].update(taps)
+            state["per_example"].append(per_example_norms(state["units"], token_norms, state["prefix"]))
         if bar is not None:
             bar.update(step)
     if not num_examples:
