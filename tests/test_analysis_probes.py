@@ -37,6 +37,8 @@ def test_matches_sklearn_ridge_on_both_branches(num_train, feature_shape, l2_reg
     expected_weights, expected_predictions = sklearn_probe(train_x, train_y, test_x, num_classes, l2_reg)
     np.testing.assert_allclose(probe.weights, expected_weights, rtol=1e-7, atol=1e-10)
     np.testing.assert_array_equal(probe.predict(test_x), expected_predictions)
+    np.testing.assert_allclose(probe.scores(test_x), probe.design_matrix(test_x) @ probe.weights, rtol=1e-10,
+                               atol=1e-9)
     accuracy = probes.fewshot_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2_reg)
     assert accuracy == np.mean(expected_predictions == test_y)
 

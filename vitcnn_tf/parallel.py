@@ -13,9 +13,9 @@ goes first (longest-processing-time scheduling). Every task runs in a fresh spaw
 TensorFlow's runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
 :func:`vitcnn_tf.runtime.limit_threads`, so nothing a task leaves behind (Keras name counters, graphs, tf.data
 threads) reaches the next one. A fresh process costs about 8 s of start-up (importing TensorFlow 2.21, on a 2-core
-Intel Xeon); ``reuse_workers=True`` runs the tasks in ``num_workers`` processes, each taking task after task, for
-tasks whose results do not depend on what ran before them in the process (the analysis stages: each seeds its own
-random state). With ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
+Intel Xeon); ``reuse_workers=True`` runs the tasks in ``num_workers`` processes, each taking task after task (Keras'
+global state cleared in between), for tasks whose results do not depend on what ran before them in the process (the
+analysis stages: each seeds its own random state). With ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
 their arguments must be picklable (module-level functions, plain data) and their results too.
 
 A worker process dies with the process that started it, even when that one is killed with ``kill -9``
@@ -113,7 +113,7 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
             while len(running) < num_workers and (task := scheduler.next_ready()) is not None:
                 if on_start:
                     on_start(task)
-                running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs)] = task
+                running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs, reuse_workers)] = task
             if not running:
                 return scheduler.outcome()
             done, _ = concurrent.futures.wait(running, timeout=tick_seconds if on_tick else None,
@@ -205,9 +205,15 @@ def _start_worker(threads, parent_pid):
     runtime.limit_threads(threads)
 
 
-def _run_in_worker(function, args, kwargs):
-    """Runs one task in a worker process; an exception comes back as its traceback text."""
+def _run_in_worker(function, args, kwargs, tidy_up):
+    """Runs one task in a worker process; an exception comes back as its traceback text. ``tidy_up``: then clear
+    Keras' global state (name counters, graphs) and collect what the task left, for the next task of the process."""
     try:
         return function(*args, **kwargs)
     except Exception:  # noqa: BLE001 (sent back to the parent with the worker-side traceback)
         return _WorkerError(traceback.format_exc())
+    finally:
+        if tidy_up:
+            import keras
+
+            keras.utils.clear_session(free_memory=True)

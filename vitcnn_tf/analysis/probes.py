@@ -76,16 +76,22 @@ class RidgeProbe:
 
     def design_matrix(self, features):
         """``[n, ...]`` features -> ``[n, D + 1]`` whitened features with the bias column appended."""
+        return _whiten_and_augment(self._checked(features), self.mean, self.std)
+
+    def scores(self, features):
+        """``[n, C]`` regression outputs (one per class): ``design_matrix(features) @ weights``, computed as
+        ``features @ (weights / std) + offset`` without the whitened copy of the features."""
+        scaled = self.weights[:-1] / self.std[:, None]
+        return self._checked(features) @ scaled + (BIAS_CONSTANT * self.weights[-1] - self.mean @ scaled)
+
+    def _checked(self, features):
+        """``[n, ...]`` features as a checked float64 ``[n, D]`` matrix of the fitted width."""
         features = _check_features(features, "features")
         if features.shape[1] != self.mean.shape[0]:
             raise ValueError(
                 f"features: {features.shape[1]} features per example, the probe was fitted on {self.mean.shape[0]}"
             )
-        return _whiten_and_augment(features, self.mean, self.std)
-
-    def scores(self, features):
-        """``[n, C]`` regression outputs (one per class)."""
-        return self.design_matrix(features) @ self.weights
+        return features
 
     def predict(self, features):
         """``[n]`` predicted classes (argmax of the scores)."""
