@@ -20,8 +20,7 @@ sent to a temporary file, and writes back to stderr every captured line except t
 TensorFlow allocates and frees the tensors of every op with ``malloc``. With glibc's defaults, blocks of a few
 megabytes (activations of a minibatch) are served by fresh ``mmap`` pages and handed back on ``free``, so each
 minibatch faults its memory in anew. :func:`keep_freed_memory` (called by :func:`import_tensorflow`) makes glibc
-keep freed memory for reuse: on a 2-core Intel Xeon (AVX-512) it cut the system time of the Section 7 localization
-stage from 15.1 s to 5.9 s and its run time by 8%.
+keep freed memory for reuse (its effect on a stage: docs/reproduction.md).
 """
 
 import ctypes
