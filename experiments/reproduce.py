@@ -12,9 +12,8 @@ or ``--retrain-zoo`` the zoo models the stages use that are not in that folder y
 ``python -m experiments.train`` does. Then one stage per experiment module
 (``sec4_representation_structure`` ... ``sec8_data_scale``). They run in ``--jobs`` single-threaded worker
 processes (default: one per CPU for the CPU preset; ``vitcnn_tf.parallel``), each stage as soon as its models are
-trained, the longest jobs first; a worker process runs stage after stage when nothing is trained (each training
-gets a fresh process); ``--jobs 1`` runs everything in this process with progress bars. A worker dies with this
-process (even on ``kill -9``).
+trained, the longest jobs first; ``--jobs 1`` runs everything in this process with progress bars. A worker dies
+with this process (even on ``kill -9``).
 
 Stages and their records. A stage writes into a fresh hidden folder beside ``<out>/<stage>/``, finishes it with
 ``stage.json`` (its record: a fingerprint of everything that affects it, every output file with its sha256, the
@@ -790,9 +789,8 @@ def run_pipeline(args, plans, progress):
     progress.begin(tasks)
     failures = {}
     try:
-        # a stage's results do not depend on what ran before it in its worker; a training gets a fresh process
         results = parallel.run_tasks(tasks, num_workers=args.jobs, on_start=progress.started,
-                                     on_done=progress.done, on_tick=progress.tick, reuse_workers=not trainings)
+                                     on_done=progress.done, on_tick=progress.tick)
     except parallel.TasksFailed as failure:
         results, failures = failure.results, failure.failures
         for name, text in failures.items():

@@ -64,11 +64,3 @@ def test_two_spawned_single_threaded_workers():
     process_ids = {pid for pid, _ in probes}
     assert os.getpid() not in process_ids and len(process_ids) == 4  # a fresh process for every task
     assert all(threads == 1 for _, threads in probes)
-
-
-def test_reused_workers_run_every_task_in_as_many_processes_as_workers():
-    tasks = [Task(f"probe{i}", parallel_tasks.process_id_and_threads) for i in range(4)]
-    results = parallel.run_tasks(tasks, num_workers=2, reuse_workers=True)
-    process_ids = {pid for pid, _ in results.values()}
-    assert os.getpid() not in process_ids and len(process_ids) <= 2
-    assert all(threads == 1 for _, threads in results.values())

@@ -12,10 +12,8 @@ A task starts once every task it names in ``after`` has finished; among the task
 goes first (longest-processing-time scheduling). Every task runs in a fresh spawned process (never forked:
 TensorFlow's runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
 :func:`vitcnn_tf.runtime.limit_threads`, so nothing a task leaves behind (Keras name counters, graphs, tf.data
-threads) reaches the next one. A fresh process costs about 8 s of start-up (importing TensorFlow 2.21, on a 2-core
-Intel Xeon); ``reuse_workers=True`` runs the tasks in ``num_workers`` processes, each taking task after task (Keras'
-global state cleared in between), for tasks whose results do not depend on what ran before them in the process (the
-analysis stages: each seeds its own random state). With ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
+threads) reaches the next one; a fresh process costs about 5 s of start-up. With
+``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
 their arguments must be picklable (module-level functions, plain data) and their results too.
 
 A worker process dies with the process that started it, even when that one is killed with ``kill -9``
@@ -65,7 +63,7 @@ def default_num_workers():
 
 
 def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, on_done=None, on_tick=None,
-              tick_seconds=1.0, reuse_workers=False):
+              tick_seconds=1.0):
     """Runs ``tasks`` (a sequence of :class:`Task`) and returns ``{task name: result}``.
 
     Args:
@@ -76,7 +74,6 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
         ``on_done(task, result)`` when it finishes, e.g. to print progress.
       on_tick: with worker processes, called in this process as ``on_tick()`` about every ``tick_seconds`` while
         tasks run (e.g. to redraw a progress line).
-      reuse_workers: a worker process runs task after task instead of one (see the module docstring).
 
     Raises:
       ValueError: duplicate names, an ``after`` naming no task, a dependency cycle, or a bad worker count.
@@ -107,13 +104,13 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_start_worker,
                                                 initargs=(threads_per_worker, os.getpid()),
-                                                max_tasks_per_child=None if reuse_workers else 1) as pool:
+                                                max_tasks_per_child=1) as pool:
         running = {}
         while True:
             while len(running) < num_workers and (task := scheduler.next_ready()) is not None:
                 if on_start:
                     on_start(task)
-                running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs, reuse_workers)] = task
+                running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs)] = task
             if not running:
                 return scheduler.outcome()
             done, _ = concurrent.futures.wait(running, timeout=tick_seconds if on_tick else None,
@@ -205,15 +202,9 @@ def _start_worker(threads, parent_pid):
     runtime.limit_threads(threads)
 
 
-def _run_in_worker(function, args, kwargs, tidy_up):
-    """Runs one task in a worker process; an exception comes back as its traceback text. ``tidy_up``: then clear
-    Keras' global state (name counters, graphs) and collect what the task left, for the next task of the process."""
+def _run_in_worker(function, args, kwargs):
+    """Runs one task in a worker process; an exception comes back as its traceback text."""
     try:
         return function(*args, **kwargs)
     except Exception:  # noqa: BLE001 (sent back to the parent with the worker-side traceback)
         return _WorkerError(traceback.format_exc())
-    finally:
-        if tidy_up:
-            import keras
-
-            keras.utils.clear_session(free_memory=True)
