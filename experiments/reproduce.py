@@ -785,7 +785,7 @@ def run_pipeline(args, plans, progress):
     trainings = {task.name for task in tasks}
     tasks += [parallel.Task(plan.stage.name, run_stage, (plan,),
                             after=tuple(f"zoo/{r}" for r in recipes_of[plan.stage.name] if f"zoo/{r}" in trainings),
-                            cost=plan.stage.expected_seconds if plan.argv else 0.0) for plan in plans]
+                            cost=plan.stage.expected_seconds if plan.argv else 0.0, isolated=False) for plan in plans]
     progress.begin(tasks)
     failures = {}
     try:

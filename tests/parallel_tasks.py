@@ -16,3 +16,21 @@ def process_id_and_threads():
 
 def fail(message):
     raise RuntimeError(message)
+
+
+def die():
+    """Ends this worker process abruptly, as the kernel's out-of-memory killer would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_then_process_id(seconds):
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def unpicklable_result():
+    return lambda: None

@@ -15,14 +15,16 @@ def features(seed, count=3, n=12, dim=5):
 
 def test_minibatch_cka_of_grams_is_the_reference_minibatch_cka_with_the_examples_reordered():
     rows, cols = features(0, count=2), features(1, count=3)
-    order = np.random.default_rng(2).permutation(12)
-    found = measure_checks.minibatch_cka(measure_checks.grams(rows), measure_checks.grams(cols), 4, order)
-    for i, x in enumerate(rows):
-        for j, y in enumerate(cols):
-            batches_x = [[x[start:start + 4]] for start in range(0, 12, 4)]
-            batches_y = [[y[order][start:start + 4]] for start in range(0, 12, 4)]
-            expected = reference.minibatch_cka(batches_x, batches_y)
-            np.testing.assert_allclose(found[i, j], np.asarray(expected).item(), rtol=1e-12)
+    cka = measure_checks.minibatch_cka(measure_checks.grams(rows), measure_checks.grams(cols), 4)
+    for order in (None, np.random.default_rng(2).permutation(12), np.random.default_rng(3).permutation(12)):
+        found = cka(order)
+        chosen = np.arange(12) if order is None else order
+        for i, x in enumerate(rows):
+            for j, y in enumerate(cols):
+                batches_x = [[x[start:start + 4]] for start in range(0, 12, 4)]
+                batches_y = [[y[chosen][start:start + 4]] for start in range(0, 12, 4)]
+                expected = reference.minibatch_cka(batches_x, batches_y)
+                np.testing.assert_allclose(found[i, j], np.asarray(expected).item(), rtol=1e-12)
 
 
 def test_paired_linear_cka_is_the_reference_linear_cka_with_the_examples_reordered():

@@ -64,3 +64,30 @@ def test_two_spawned_single_threaded_workers():
     process_ids = {pid for pid, _ in probes}
     assert os.getpid() not in process_ids and len(process_ids) == 4  # a fresh process for every task
     assert all(threads == 1 for _, threads in probes)
+
+
+@pytest.mark.slow
+def test_non_isolated_tasks_share_the_workers_and_isolated_ones_get_a_fresh_process():
+    tasks = [Task(f"shared{i}", parallel_tasks.process_id_and_threads, isolated=False, cost=10 - i) for i in range(4)]
+    tasks += [Task("isolated", parallel_tasks.process_id_and_threads, cost=0)]
+    results = parallel.run_tasks(tasks, num_workers=2)
+    shared = {results[f"shared{i}"][0] for i in range(4)}
+    assert len(shared) == 2 and os.getpid() not in shared
+    assert results["isolated"][0] not in shared
+    assert all(threads == 1 for _, threads in results.values())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_only_its_task_and_a_fresh_worker_takes_its_place():
+    tasks = [Task("killed", parallel_tasks.die, isolated=False, cost=3),
+             Task("beside", parallel_tasks.sleep_then_process_id, (4.0,), isolated=False, cost=2),
+             Task("after", parallel_tasks.square, (6,), after=("beside",), isolated=False),
+             Task("also_after", parallel_tasks.square, (5,), after=("killed",), isolated=False),
+             Task("unpicklable", parallel_tasks.unpicklable_result, isolated=False, cost=0)]
+    with pytest.raises(parallel.TasksFailed) as caught:
+        parallel.run_tasks(tasks, num_workers=2)
+    failures = caught.value.failures
+    assert set(failures) == {"killed", "also_after", "unpicklable"}
+    assert "WorkerDied" in failures["killed"] and "exit code -9" in failures["killed"]
+    assert "pickle" in failures["unpicklable"].lower()
+    assert caught.value.results["after"] == 36 and "beside" in caught.value.results

@@ -5,25 +5,31 @@ models of this project are small, and most of their ops cannot keep several core
 :func:`run_tasks` runs a graph of :class:`Task` s that way::
 
     tasks = [Task("vit", train, ("vit",), cost=5), Task("resnet", train, ("resnet",), cost=3),
-             Task("sec4", run_stage, ("sec4",), after=("vit", "resnet"))]
+             Task("sec4", run_stage, ("sec4",), after=("vit", "resnet"), isolated=False)]
     results = run_tasks(tasks, num_workers=2)     # {"vit": ..., "resnet": ..., "sec4": ...}
 
 A task starts once every task it names in ``after`` has finished; among the tasks ready to start, the costliest
-goes first (longest-processing-time scheduling). Every task runs in a fresh spawned process (never forked:
-TensorFlow's runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
-:func:`vitcnn_tf.runtime.limit_threads`, so nothing a task leaves behind (Keras name counters, graphs, tf.data
-threads) reaches the next one; a fresh process costs about 5 s of start-up. With
-``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task functions and
-their arguments must be picklable (module-level functions, plain data) and their results too.
+goes first (longest-processing-time scheduling). Tasks run in spawned worker processes (never forked: TensorFlow's
+runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
+:func:`vitcnn_tf.runtime.limit_threads`. An ``isolated`` task (the default) gets a fresh process that ends with it,
+so nothing a task leaves behind (Keras name counters, graphs, tf.data threads) reaches another one. A task with
+``isolated=False`` may run in a worker that ran other such tasks before it (Keras' global state is cleared in
+between): it saves the start-up of a process, about 8 s of importing TensorFlow 2.21 on a 2-core Intel Xeon, and
+suits tasks whose results do not depend on what ran before them (the analysis stages: each seeds its own random
+state). A worker process that dies (killed, out of memory) fails only the task it was running; the other workers go
+on, and a fresh process takes its place. With ``num_workers=1`` the tasks run in this process, one after the other,
+without thread limits. Task functions and their arguments must be picklable (module-level functions, plain data)
+and their results too.
 
 A worker process dies with the process that started it, even when that one is killed with ``kill -9``
 (:func:`vitcnn_tf.runtime.die_with_parent`), so an interrupted run leaves no worker behind still writing results;
 it imports TensorFlow without its C++ start-up log lines (:func:`vitcnn_tf.runtime.import_tensorflow`).
 """
 
-import concurrent.futures
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
+from multiprocessing import reduction
 import os
 import traceback
 from typing import Callable
@@ -33,7 +39,8 @@ from vitcnn_tf import runtime
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """``function(*args, **kwargs)``, run after the tasks named in ``after``; ``cost`` orders ready tasks."""
+    """``function(*args, **kwargs)``, run after the tasks named in ``after``; ``cost`` orders ready tasks;
+    ``isolated``: in a process of its own (False: possibly in a worker that ran other non-isolated tasks)."""
 
     name: str
     function: Callable
@@ -41,6 +48,7 @@ class Task:
     kwargs: dict = dataclasses.field(default_factory=dict)
     after: tuple = ()
     cost: float = 1.0
+    isolated: bool = True
 
 
 class TasksFailed(RuntimeError):
@@ -101,29 +109,21 @@ def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, o
         return scheduler.outcome()
 
     runtime.set_environment_defaults()  # inherited by the workers
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_start_worker,
-                                                initargs=(threads_per_worker, os.getpid()),
-                                                max_tasks_per_child=1) as pool:
-        running = {}
+    with _WorkerPool(num_workers, threads_per_worker) as pool:
         while True:
-            while len(running) < num_workers and (task := scheduler.next_ready()) is not None:
+            while pool.has_room() and (task := scheduler.next_ready()) is not None:
                 if on_start:
                     on_start(task)
-                running[pool.submit(_run_in_worker, task.function, task.args, task.kwargs)] = task
-            if not running:
+                try:
+                    pool.start(task)
+                except Exception as error:  # noqa: BLE001 (e.g. arguments that cannot be pickled)
+                    scheduler.fail(task.name, "".join(traceback.format_exception(error)))
+            if not pool.busy():
                 return scheduler.outcome()
-            done, _ = concurrent.futures.wait(running, timeout=tick_seconds if on_tick else None,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            finished = pool.wait(timeout=tick_seconds if on_tick else None)
             if on_tick:
                 on_tick()
-            for future in done:
-                task = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as error:  # noqa: BLE001 (a worker that died, or an unpicklable result)
-                    scheduler.fail(task.name, "".join(traceback.format_exception(error)))
-                    continue
+            for task, result in finished:
                 if isinstance(result, _WorkerError):
                     scheduler.fail(task.name, result.traceback)
                     continue
@@ -196,15 +196,139 @@ class _WorkerError:
     traceback: str
 
 
-def _start_worker(threads, parent_pid):
+class _Worker:
+    """One spawned worker process and the pipe to it; ``task`` is the task it runs (None when idle)."""
+
+    def __init__(self, context, threads):
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_worker_loop, args=(child_end, threads, os.getpid()),
+                                       name="vitcnn_tf-worker")
+        self.process.start()
+        child_end.close()
+        self.task = None
+
+    def stop(self, grace_seconds=5.0):
+        """Asks an idle worker to end (kills a busy or unresponsive one) and waits for it."""
+        if self.task is None and self.process.is_alive():
+            try:
+                self.connection.send(None)
+            except (OSError, ValueError):
+                pass
+            self.process.join(grace_seconds)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+
+
+class _WorkerPool:
+    """At most ``size`` worker processes, each running one task at a time (see the module docstring)."""
+
+    def __init__(self, size, threads):
+        self.size = size
+        self.threads = threads
+        self.context = multiprocessing.get_context("spawn")
+        self.workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def busy(self):
+        return [worker for worker in self.workers if worker.task is not None]
+
+    def has_room(self):
+        return len(self.busy()) < self.size
+
+    def start(self, task):
+        """Runs ``task`` in an idle worker (a non-isolated task) or in a fresh one; raises what pickling the task
+        raised (e.g. arguments that cannot be pickled, no worker touched) or OSError (the worker had died)."""
+        message = reduction.ForkingPickler.dumps((task.function, task.args, task.kwargs, not task.isolated))
+        for worker in [worker for worker in self.workers if worker.task is None and not worker.process.is_alive()]:
+            self._remove(worker)
+        idle = [worker for worker in self.workers if worker.task is None]  # only ever ran non-isolated tasks
+        if task.isolated or not idle:
+            if len(self.workers) >= self.size:  # makes room: ends an idle worker
+                self._remove(idle[0])
+            worker = _Worker(self.context, self.threads)
+            self.workers.append(worker)
+        else:
+            worker = idle[0]
+        worker.task = task
+        try:
+            worker.connection.send_bytes(message)
+        except OSError:
+            worker.task = None
+            self._remove(worker)
+            raise
+
+    def wait(self, timeout=None):
+        """Waits up to ``timeout`` seconds (None: until a task ends) and returns ``[(task, result)]`` of the tasks
+        that ended: a worker's result or :class:`_WorkerError` (also for a worker that died)."""
+        busy = self.busy()
+        multiprocessing.connection.wait([worker.connection for worker in busy] +
+                                        [worker.process.sentinel for worker in busy], timeout)
+        finished = []
+        for worker in busy:
+            task = worker.task
+            try:
+                if not worker.connection.poll():
+                    if worker.process.is_alive():
+                        continue
+                    raise EOFError
+                result = worker.connection.recv()
+            except (EOFError, OSError):
+                worker.process.join()
+                result = _WorkerError(f"WorkerDied: the worker process running task {task.name!r} ended with exit "
+                                      f"code {worker.process.exitcode} before returning a result\n")
+                worker.task = None
+                self._remove(worker)
+            else:
+                worker.task = None
+                if task.isolated:
+                    self._remove(worker)
+            finished.append((task, result))
+        return finished
+
+    def _remove(self, worker):
+        worker.stop()
+        self.workers.remove(worker)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerError:
+    traceback: str
+
+
+def _worker_loop(connection, threads, parent_pid):
+    """A worker process: runs ``(function, args, kwargs, tidy_up)`` messages until it receives None or its
+    parent's pipe closes; sends back each result, or an exception as :class:`_WorkerError` with its traceback.
+    ``tidy_up``: afterwards clear Keras' global state (name counters, graphs) for the next task."""
     runtime.die_with_parent(parent_pid)
     runtime.import_tensorflow()
     runtime.limit_threads(threads)
+    while True:
+        try:
+            message = connection.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        function, args, kwargs, tidy_up = message
+        try:
+            result = function(*args, **kwargs)
+        except Exception:  # noqa: BLE001 (sent back to the parent with the worker-side traceback)
+            result = _WorkerError(traceback.format_exc())
+        finally:
+            if tidy_up:
+                import keras
 
-
-def _run_in_worker(function, args, kwargs):
-    """Runs one task in a worker process; an exception comes back as its traceback text."""
-    try:
-        return function(*args, **kwargs)
-    except Exception:  # noqa: BLE001 (sent back to the parent with the worker-side traceback)
-        return _WorkerError(traceback.format_exc())
+                keras.utils.clear_session(free_memory=True)
+        try:
+            connection.send(result)
+        except Exception:  # noqa: BLE001 (a result that cannot be pickled)
+            connection.send(_WorkerError(traceback.format_exc()))

@@ -225,19 +225,17 @@ def accumulate_cka(model_x, dataset, layers_x=None, model_y=None, layers_y=None,
 
 def _local_update(forward, metric):
     """``update(images [n, ...]) -> (change of the metric's sums, n)``: ``forward`` then the metric update, in this
-    process's default device, the update with TensorFloat-32 off."""
+    process's default device, the update with TensorFloat-32 off.
 
-    @tf.function(autograph=False)
-    def add(xs, ys):
-        before = _hsic_sums(metric)
-        metric.update_state(xs, ys)
-        # Automatic control dependencies order these reads of the state variables after their update.
-        return [after - previous for after, previous in zip(_hsic_sums(metric), before)]
+    The update runs eagerly around the metric's compiled minibatch terms (traced and optimised once per input
+    shapes for every metric), so a new metric over the same taps costs no new compilation."""
 
     def update(images):
         xs, ys = forward(images)
         with full_float32_precision():
-            return add(xs, ys), int(images.shape[0])
+            before = _hsic_sums(metric)
+            metric.update_state(xs, ys)
+            return [after - previous for after, previous in zip(_hsic_sums(metric), before)], int(images.shape[0])
 
     return update
 

@@ -61,15 +61,15 @@ def per_example_attention_distance(attention, patch_size, num_prefix_tokens=1, r
     attention, prefix, side = _check_attention(attention, patch_size, num_prefix_tokens)
     distances = patch_distance_matrix(side, patch_size)
     patch_attention = attention[:, :, prefix:, prefix:]
-    if renormalize:
-        mass = patch_attention.sum(axis=-1, keepdims=True)
+    per_query = np.einsum("nhqk,qk->nhq", patch_attention, distances)
+    if renormalize:  # the distance is linear in the weights: divide the sums, not the weights, by the mass
+        mass = patch_attention.sum(axis=-1)
         if np.any(mass <= 0):
             raise ValueError(
                 f"attention: {int(np.sum(mass <= 0))} query row(s) put no weight on any patch key, so they cannot "
                 "be renormalized over the patches; use renormalize=False"
             )
-        patch_attention = patch_attention / mass
-    per_query = np.einsum("nhqk,qk->nhq", patch_attention, distances)
+        per_query = per_query / mass
     return per_query.mean(axis=-1)
 
 
@@ -144,14 +144,14 @@ def per_example_attention_entropy(attention, num_prefix_tokens=1):
     if np.any(attention < 0):
         raise ValueError(f"attention: negative weights (min {attention.min():.3g}); expected probabilities >= 0")
     patch_attention = attention[:, :, prefix:, prefix:]
-    mass = patch_attention.sum(axis=-1, keepdims=True)
+    mass = patch_attention.sum(axis=-1)
     if np.any(mass <= 0):
         raise ValueError(f"attention: {int(np.sum(mass <= 0))} query row(s) put no weight on any patch key; their "
                          "entropy over the patches is undefined")
-    weights = patch_attention / mass
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(weights > 0, -weights * np.log(weights), 0.0)
-    return terms.sum(axis=-1).mean(axis=-1)
+    # -sum_k (a_k / m) log(a_k / m) = log m - sum_k a_k log a_k / m for the weights a_k (m: their sum), 0 log 0 = 0
+    logs = np.log(patch_attention, out=np.zeros_like(patch_attention), where=patch_attention > 0)
+    entropy = np.log(mass) - np.einsum("nhqk,nhqk->nhq", patch_attention, logs) / mass
+    return entropy.mean(axis=-1)
 
 
 def attention_entropy(attention, num_prefix_tokens=1):

@@ -34,7 +34,7 @@ Both list their parts in ``detail["conditions"]`` (text, the ratio on all the ex
 import numpy as np
 
 from vitcnn_tf import claims, findings, plotting, representations
-from vitcnn_tf.analysis import attention, bootstrap
+from vitcnn_tf.analysis import attention, bootstrap, tokens
 from vitcnn_tf.data.elements import element_images
 from vitcnn_tf.paper import common, evaluation
 from vitcnn_tf.paper.result import FigureSpec, SectionResult
@@ -64,8 +64,9 @@ def attention_statistics(model, data, progress=False):
     for step, batch in enumerate(data, start=1):
         maps = representations.extract(model, element_images(batch, "data"), names)
         for distance, entropy, name in zip(distances, entropies, names):
-            distance.update(maps[name])
-            entropy.update(maps[name])
+            weights = tokens.as_float64(maps[name], name)  # converted once for both statistics
+            distance.update(weights)
+            entropy.update(weights)
         if bar is not None:
             bar.update(step)
     return tuple(np.stack([accumulator.per_example() for accumulator in accumulators], axis=1)

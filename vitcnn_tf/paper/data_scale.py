@@ -116,9 +116,10 @@ def data_scale_checks(small, reference, images, batch_size, *, num_permutations,
     small_grams = measure_checks.grams([small_factors[i] for i in low])
     reference_grams = measure_checks.grams([reference_factors[i] for i in low])
 
+    cka = measure_checks.minibatch_cka(small_grams, reference_grams, batch_size)
+
     def low_block_cka(order):
-        return float(np.mean(np.diagonal(measure_checks.minibatch_cka(small_grams, reference_grams, batch_size,
-                                                                      order))))
+        return float(np.mean(np.diagonal(cka(order))))
 
     return {"second_measure": measure_checks.second_measure(low_minus_high(np.diag(same_block), low, high),
                                                             len(images)),

@@ -107,8 +107,10 @@ def head_subset_checks(model, subset_names, resnet_names, subset_distance, sizes
     procrustes = measure_checks.procrustes_pairs(subset_factors, resnet_factors)
     first_gram, resnet_grams = measure_checks.grams(subset_factors[:1]), measure_checks.grams(resnet_factors)
 
+    cka = measure_checks.minibatch_cka(first_gram, resnet_grams, batch_size)
+
     def first_max_cka(order):
-        return float(np.nanmax(measure_checks.minibatch_cka(first_gram, resnet_grams, batch_size, order)))
+        return float(np.nanmax(cka(order)))
 
     return {"second_measure": measure_checks.second_measure(
                 within_size_correlation(subset_distance, np.nanmax(procrustes, axis=1), sizes), len(images)),

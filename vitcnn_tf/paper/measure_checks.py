@@ -134,19 +134,23 @@ def grams(factors):
     return np.stack([np.full((n, n), np.nan) if factor is None else factor @ factor.T for factor in factors])
 
 
-def minibatch_cka(rows, cols, batch_size, order=None):
-    """``[R, C]`` minibatch CKA (unbiased HSIC summed over consecutive minibatches of ``batch_size``) between
-    Gram matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``."""
-    n = rows.shape[1]
-    blocks = np.arange(n).reshape(-1, batch_size)  # [B, b]
-    reordered = blocks if order is None else np.asarray(order)[blocks]
+def minibatch_cka(rows, cols, batch_size):
+    """``order -> [R, C]``: the minibatch CKA (unbiased HSIC summed over consecutive minibatches of ``batch_size``)
+    between Gram matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``
+    (None: as they are). The rows' U-centred minibatch blocks and norms are computed once."""
+    blocks = np.arange(rows.shape[1]).reshape(-1, batch_size)  # [B, b]
     row_blocks = _u_centred(rows[:, blocks[:, :, None], blocks[:, None, :]]).reshape(len(rows), -1)  # [R, B b b]
-    col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]]).reshape(len(cols), -1)
-    cross = row_blocks @ col_blocks.T  # the HSIC_1 sums over the minibatches, by a matrix product
     self_rows = np.einsum("rk,rk->r", row_blocks, row_blocks)
-    self_cols = np.einsum("ck,ck->c", col_blocks, col_blocks)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cross / np.sqrt(self_rows[:, None] * self_cols[None, :])
+
+    def cka(order=None):
+        reordered = blocks if order is None else np.asarray(order)[blocks]
+        col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]]).reshape(len(cols), -1)
+        cross = row_blocks @ col_blocks.T  # the HSIC_1 sums over the minibatches, by a matrix product
+        self_cols = np.einsum("ck,ck->c", col_blocks, col_blocks)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cross / np.sqrt(self_rows[:, None] * self_cols[None, :])
+
+    return cka
 
 
 def paired_linear_cka(rows, cols):

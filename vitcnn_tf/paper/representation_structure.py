@@ -176,18 +176,17 @@ def structure_checks(models, seed_pairs, layers, images, batch_size, *, num_perm
     vit_grams = {label: measure_checks.grams(of(label, range(len(layers[label])))) for label in vit_labels}
     resnet_grams = {label: measure_checks.grams(of(label, lower)) for label in resnet_labels}
 
+    lower_upper = [measure_checks.minibatch_cka(grams[label][:len(outputs[label]) // 2],
+                                                grams[label][len(outputs[label]) // 2:], batch_size)
+                   for label in vit_labels]
+    resnet_vit = [measure_checks.minibatch_cka(resnet_grams[resnet], vit_grams[vit], batch_size)
+                  for vit, resnet in seed_pairs]
+
     def vit_lower_upper(order):
-        values = []
-        for label in vit_labels:
-            half = len(outputs[label]) // 2
-            values.append(np.mean(measure_checks.minibatch_cka(grams[label][:half], grams[label][half:], batch_size,
-                                                               order)))
-        return float(np.mean(values))
+        return float(np.mean([np.mean(cka(order)) for cka in lower_upper]))
 
     def best_vit_match(order):
-        return float(np.mean([np.mean(np.nanmax(measure_checks.minibatch_cka(resnet_grams[resnet], vit_grams[vit],
-                                                                             batch_size, order), axis=1))
-                              for vit, resnet in seed_pairs]))
+        return float(np.mean([np.mean(np.nanmax(cka(order), axis=1)) for cka in resnet_vit]))
 
     count, seeds_text = len(images), (f", mean over {len(seed_pairs)} seeds" if len(seed_pairs) > 1 else "")
     estimator = measure_checks.minibatch_estimator(batch_size)

@@ -377,8 +377,10 @@ def removal_checks(models, central, reference_label, names, block, images, batch
                   - partition_scalar(procrustes[reference_label], names, block)["partition"])
     grams = measure_checks.grams([factors[central][name] for name in names])
 
+    cka = measure_checks.minibatch_cka(grams, grams, batch_size)
+
     def within(order):
-        return partition_scalar(measure_checks.minibatch_cka(grams, grams, batch_size, order), names, block)["within"]
+        return partition_scalar(cka(order), names, block)["within"]
 
     return {"second_measure": measure_checks.second_measure(difference, len(images)),
             "null": measure_checks.null_check(
