@@ -194,7 +194,7 @@ STAGES = (
           PaperStage(("vit_b16", "vit_l16", "bit_r50", "mixer_b16"), optional=("vit_l16", "mixer_b16"),
                      figures=(("1", ("vit_b16", "bit_r50")), ("2", ("vit_b16", "bit_r50")),
                               ("2 (ViT-L/16)", ("vit_l16",)), ("H", ("mixer_b16",))),
-                     batch_size=32, min_batches=2, extra=(("--taps", "blocks"),)), expected_seconds=89),
+                     batch_size=32, min_batches=2, extra=(("--taps", "blocks"),)), expected_seconds=103),
     Stage("sec5_attention_distance", "5", "Attention distances (Figures 3, 4)",
           PaperStage(("augreg_b16_i21k", "augreg_l16_i21k"), optional=("augreg_l16_i21k",),
                      twins=("--little-data-models", ("augreg_b16_i1k", "augreg_l16_i1k")),
@@ -202,23 +202,23 @@ STAGES = (
                               ("4", ("augreg_b16_i1k", "augreg_l16_i1k"))),
                      batch_size=64, num_examples=5000,
                      source="Section 5: 'we weight the pixel distances by the attention weights ... and average "
-                            "over 5000 datapoints'"), expected_seconds=42),
+                            "over 5000 datapoints'"), expected_seconds=41),
     Stage("sec5_local_global_heads", "5", "Local and global heads vs ResNet (Figure 5)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("5", ("vit_b16", "bit_r50")),), batch_size=32,
-                     min_batches=2), expected_seconds=54),
+                     min_batches=2), expected_seconds=51),
     # 6 of the ViT's blocks and 4 random channels per image and layer: 12 + 4 taps at 5 passes each (one forward,
     # 4 backward) per 32 images, under 30 minutes on a 2-core CPU (docs/reproduction.md).
     Stage("sec5_receptive_fields", "5", "Effective receptive fields (Figure 6)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("6", ("vit_b16", "bit_r50")), ("C", ("vit_b16",))),
                      batch_size=32, num_examples=32, extra=(("--num-blocks", "6"), ("--max-channels", "4")),
                      source="Figure 6: 'Results are averaged across all channels in each map for 32 "
-                            "randomly-selected images'"), expected_seconds=48),
+                            "randomly-selected images'"), expected_seconds=64),
     Stage("sec6_skip_connections", "6", "Skip connections (Figures 7, 8)",
           PaperStage(("vit_b16", "bit_r50"), figures=(("7", ("vit_b16", "bit_r50")),), batch_size=32),
-          expected_seconds=83),
+          expected_seconds=70),
     Stage("sec7_localization", "7", "Localization (Figures 9, 10)",
           PaperStage(_CLS_GAP, optional=("gap_vit",), figures=(("9", ("vit_b16", "bit_r50")), ("10", ("gap_vit",))),
-                     batch_size=32), expected_seconds=54),
+                     batch_size=32), expected_seconds=36),
     Stage("sec7_linear_probes", "7", "Linear probes (Figure 11)",
           PaperStage(_CLS_GAP, optional=("gap_vit",),
                      figures=(("11", ("vit_b16", "bit_r50")), ("11 (GAP ViT)", ("gap_vit",))), batch_size=64,
@@ -232,7 +232,7 @@ STAGES = (
                      batch_size=32, min_batches=2,
                      extra=(("--fractions", str(IMAGENET1K_FRACTION), "1"),
                             ("--data-names", "ImageNet-1k", "ImageNet-21k"), ("--shots", "10"))),
-          expected_seconds=76),
+          expected_seconds=72),
 )
 PAPER_SKIPPED_FIGURES = (
     ("8", "needs ViTs trained without the skip connections of one block; no such checkpoints are published, so "

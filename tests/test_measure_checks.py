@@ -1,5 +1,5 @@
-"""The checks' NumPy CKA of Gram matrices (vitcnn_tf.paper.measure_checks) against the float64 reference on the
-features, with the examples of one side reordered."""
+"""The checks' NumPy CKA of Gram matrices and of factors (vitcnn_tf.paper.measure_checks) against the float64
+reference on the features, with the examples of one side reordered."""
 
 import numpy as np
 
@@ -29,10 +29,14 @@ def test_minibatch_cka_of_grams_is_the_reference_minibatch_cka_with_the_examples
 
 def test_paired_linear_cka_is_the_reference_linear_cka_with_the_examples_reordered():
     rows, cols = features(3, count=2), features(4, count=3)
-    centred = [measure_checks.grams([x - x.mean(axis=0) for x in group]) for group in (rows, cols)]
+    cols[2] = cols[2][:, :3]  # factors of different widths
+    centred = [[x - x.mean(axis=0) for x in group] for group in (rows, cols)]
     pairs = [(0, 2), (1, 0), (1, 1)]
-    cka = measure_checks.paired_linear_cka(centred[0][[i for i, _ in pairs]], centred[1][[j for _, j in pairs]])
+    cka = measure_checks.paired_linear_cka([centred[0][i] for i, _ in pairs] + [None, centred[0][0]],
+                                           [centred[1][j] for _, j in pairs] + [centred[1][0], None])
     order = np.random.default_rng(5).permutation(12)
     for chosen in (None, order):
         expected = [reference.linear_cka(rows[i], cols[j] if chosen is None else cols[j][chosen]) for i, j in pairs]
-        np.testing.assert_allclose(cka(chosen), expected, rtol=1e-12)
+        found = cka(chosen)
+        np.testing.assert_allclose(found[:3], expected, rtol=1e-12)
+        assert np.isnan(found[3:]).all()  # a pair with a constant side (None) has no CKA

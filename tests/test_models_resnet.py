@@ -7,7 +7,7 @@ import pytest
 import helpers
 from numpy_forward_resnet import (expected_release_shapes, random_release_arrays, resnet_v2_forward,
                                   standardize_kernel)
-from vitcnn_tf.models.resnet_v2 import ResNetV2, ResNetV2Config, StandardizedConv2D
+from vitcnn_tf.models.resnet_v2 import ChannelSumGroupNormalization, ResNetV2, ResNetV2Config, StandardizedConv2D
 
 # Reference counts with a 1000-class head (the BiT release); the CPU preset's count is the closed form below.
 PAPER_PRESET_PARAMS = {"BiT-R50x1": 25_549_352, "BiT-R152x2": 236_335_208}
@@ -128,6 +128,50 @@ def test_standardized_conv_config_round_trip():
     layer = StandardizedConv2D(7, 3, strides=2, epsilon=1e-8, use_bias=False, name="c")
     clone = StandardizedConv2D.from_config(layer.get_config())
     assert (clone.filters, clone.kernel_size, clone.strides, clone.epsilon) == (7, (3, 3), (2, 2), 1e-8)
+
+
+
+# ---------------------------------------------------------------- group normalisation
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0], ids=["centred", "large-mean"])
+def test_channel_sum_group_norm_is_keras_group_norm_and_the_float64_closed_form(offset):
+    rng = np.random.default_rng(4)
+    x = (offset + rng.normal(size=(3, 5, 6, 8))).astype("float32")
+    gamma, beta = rng.normal(size=8).astype("float32"), rng.normal(size=8).astype("float32")
+    ours = ChannelSumGroupNormalization(groups=4, epsilon=1e-5)
+    theirs = keras.layers.GroupNormalization(groups=4, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    found = keras.ops.convert_to_numpy(ours(x))
+    np.testing.assert_allclose(found, _group_norm(x.astype(np.float64), gamma, beta, 4), atol=2e-5)
+    np.testing.assert_allclose(found, keras.ops.convert_to_numpy(theirs(x)), atol=1e-4)
+
+
+def test_channel_sum_group_norm_keeps_keras_weights_and_config():
+    layer = ChannelSumGroupNormalization(groups=2, epsilon=1e-3, name="norm")
+    layer.build((None, 4, 4, 6))
+    assert [tuple(weight.shape) for weight in layer.weights] == [(6,), (6,)]
+    clone = ChannelSumGroupNormalization.from_config(layer.get_config())
+    assert (clone.groups, clone.epsilon, clone.name) == (2, 1e-3, "norm")
+    tokens = np.random.default_rng(5).normal(size=(2, 7, 6)).astype("float32")  # rank 3: Keras' computation
+    reference = keras.layers.GroupNormalization(groups=2, epsilon=1e-3)
+    reference.build(tokens.shape)
+    layer_3d = ChannelSumGroupNormalization(groups=2, epsilon=1e-3)
+    layer_3d.build(tokens.shape)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer_3d(tokens)),
+                               keras.ops.convert_to_numpy(reference(tokens)), atol=1e-6)
+
+
+def _group_norm(x, gamma, beta, num_groups, epsilon=1e-5):
+    """Float64 GroupNorm of ``x [n, h, w, c]``: statistics over ``h, w`` and the channels of each group."""
+    n, h, w, c = x.shape
+    grouped = x.reshape(n, h, w, num_groups, c // num_groups)
+    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
+    var = grouped.var(axis=(1, 2, 4), keepdims=True)
+    return ((grouped - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c) * gamma + beta
 
 
 # ---------------------------------------------------------------- checkpoint layout and taps

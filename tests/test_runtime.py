@@ -1,4 +1,5 @@
-"""Runtime settings of the processes the project starts: the allocator settings are accepted by glibc."""
+"""Runtime settings of the processes the project starts: the allocator settings are accepted by glibc; tf.data
+options follow the thread limit."""
 
 import platform
 
@@ -11,3 +12,17 @@ from vitcnn_tf import runtime
 def test_glibc_accepts_every_allocator_setting():
     # mallopt returns 0 for a value out of its range (an mmap threshold above 32 MiB, for one)
     assert runtime.keep_freed_memory() is True
+
+
+def test_dataset_options_turn_autotuning_off_only_in_a_thread_limited_process():
+    import subprocess
+    import sys
+
+    assert runtime.thread_limit() is None  # the test process keeps TensorFlow's thread pools
+    assert runtime.dataset_options().autotune.enabled is None  # TensorFlow's default (on)
+    script = ("from vitcnn_tf import runtime; from vitcnn_tf.data import pipeline; runtime.limit_threads(1); "
+              "options = pipeline.load_dataset('shapes10', 'test', num_examples=20, batch_size=10).options(); "
+              "print(options.autotune.enabled, options.threading.private_threadpool_size, "
+              "options.threading.max_intra_op_parallelism)")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["False", "1", "1"]

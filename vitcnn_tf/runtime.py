@@ -21,6 +21,11 @@ TensorFlow allocates and frees the tensors of every op with ``malloc``. With gli
 megabytes (activations of a minibatch) are served by fresh ``mmap`` pages and handed back on ``free``, so each
 minibatch faults its memory in anew. :func:`keep_freed_memory` (called by :func:`import_tensorflow`) makes glibc
 keep freed memory for reuse (its effect on a stage: docs/reproduction.md).
+
+In a process limited to a few threads (:func:`limit_threads`), :func:`dataset_options` turns tf.data's autotuning
+off: with one thread there is nothing to share out, and deleting an iterator waits for the autotuning thread's
+current sleep (its optimisation period doubles up to a minute), which stalled the analysis stages' worker processes
+for 2 to 19 s at a time with no CPU use (docs/reproduction.md).
 """
 
 import ctypes
@@ -38,6 +43,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # mallopt parameters of glibc's <malloc.h> and their values: blocks up to 32 MiB (glibc's largest mmap threshold)
 # come from the heap, whose free top is handed back to the kernel only beyond 1 GiB
 _MALLOC_SETTINGS = {"M_TRIM_THRESHOLD": (-1, 2**30), "M_TOP_PAD": (-2, 64 * 2**20), "M_MMAP_THRESHOLD": (-3, 2**25)}
+_thread_limit = None  # set by limit_threads
 
 
 def set_environment_defaults():
@@ -103,9 +109,29 @@ def limit_threads(num_threads):
     tf = import_tensorflow()
     from threadpoolctl import threadpool_limits
 
+    global _thread_limit
     tf.config.threading.set_intra_op_parallelism_threads(num_threads)
     tf.config.threading.set_inter_op_parallelism_threads(num_threads)
     threadpool_limits(num_threads)
+    _thread_limit = num_threads
+
+
+def thread_limit():
+    """The thread count :func:`limit_threads` set in this process, or None."""
+    return _thread_limit
+
+
+def dataset_options():
+    """``tf.data.Options`` for the pipelines of this process: TensorFlow's defaults, except in a process limited to
+    ``k`` threads (:func:`limit_threads`), whose pipelines run on a private pool of ``k`` threads without autotuning
+    (module docstring)."""
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    if _thread_limit is not None:
+        options.autotune.enabled = False
+        options.threading.private_threadpool_size = _thread_limit
+        options.threading.max_intra_op_parallelism = 1
+    return options
 
 
 def die_with_parent(parent_pid, poll_seconds=1.0):

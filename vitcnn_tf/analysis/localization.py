@@ -213,12 +213,14 @@ def _resampled_centred_grams(grams, indices):
     ``sqrt(c_a c_b)``, ``c`` the number of draws of each, so that inner products and norms equal those of the
     ``[m, m]`` matrices."""
     drawn, counts = np.unique(indices, return_counts=True)
-    weights = counts.astype(np.float64)
-    chosen = grams[:, drawn[:, None], drawn[None, :]]  # [k, u, u]
-    means = chosen @ (weights / weights.sum())  # [k, u]: the weighted mean of each row (= of each column)
-    centred = chosen - means[:, :, None] - means[:, None, :] + (means @ (weights / weights.sum()))[:, None, None]
-    root = np.sqrt(weights)
-    return (centred * (root[:, None] * root[None, :])).reshape(len(grams), -1)
+    share = counts / counts.sum()
+    centred = grams.take(drawn, axis=1).take(drawn, axis=2)  # [k, u, u], a copy (two takes: faster than one)
+    means = centred @ share  # [k, u]: the weighted mean of each row (= of each column)
+    centred -= means[:, :, None]
+    centred -= (means - (means @ share)[:, None])[:, None, :]
+    root = np.sqrt(counts.astype(np.float64))
+    centred *= root[:, None] * root[None, :]
+    return centred.reshape(len(grams), -1)
 
 
 def region_mask(token_grid, patch_grid):

@@ -163,17 +163,17 @@ def erf_extent(erf_map, mass=0.5, center=None):
         center = ((rows * erf_map).sum() / total_mass, (cols * erf_map).sum() / total_mass)
     center_row, center_col = center
 
-    # Integral image: window sums in O(1) each.
+    # Integral image: the window sums of every side at once.
     integral = np.zeros((height + 1, width + 1))
     integral[1:, 1:] = erf_map.cumsum(axis=0).cumsum(axis=1)
 
-    def window_start(centre_coordinate, side, size):
-        return int(np.clip(np.floor(centre_coordinate - side / 2.0 + 0.5), 0, max(size - side, 0)))
+    sides = np.arange(1, max(height, width) + 1)
 
-    for side in range(1, max(height, width) + 1):
-        top, left = window_start(center_row, side, height), window_start(center_col, side, width)
-        bottom, right = min(top + side, height), min(left + side, width)
-        window = integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
-        if window >= mass * total_mass * (1 - 1e-12):
-            return side
-    return max(height, width)
+    def window_starts(centre_coordinate, size):
+        return np.clip(np.floor(centre_coordinate - sides / 2.0 + 0.5), 0, np.maximum(size - sides, 0)).astype(int)
+
+    top, left = window_starts(center_row, height), window_starts(center_col, width)
+    bottom, right = np.minimum(top + sides, height), np.minimum(left + sides, width)
+    windows = integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
+    enough = windows >= mass * total_mass * (1 - 1e-12)
+    return int(sides[np.argmax(enough)]) if enough.any() else max(height, width)

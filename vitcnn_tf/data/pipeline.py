@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from vitcnn_tf import runtime
 from vitcnn_tf.data import preprocessing
 from vitcnn_tf.data.sources import open_source
 from vitcnn_tf.data.subsets import stratified_subset_indices
@@ -44,7 +45,8 @@ def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_s
       drop_remainder: drop a last partial batch.
       shuffle_buffer: shuffle buffer size for tfds sources (in-memory sets shuffle fully).
 
-    Returns: a ``tf.data.Dataset`` with known cardinality (``len(ds)`` batches).
+    Returns: a ``tf.data.Dataset`` with known cardinality (``len(ds)`` batches), with
+    :func:`vitcnn_tf.runtime.dataset_options` (no autotuning in a thread-limited worker process).
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("image_size", image_size)
@@ -68,7 +70,7 @@ def load_dataset(name=DEFAULT_DATASET, split="train", *, batch_size=128, image_s
             num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda image, label, index, epoch: (image, label))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(runtime.dataset_options())
 
 
 def split_size(name=DEFAULT_DATASET, split="train", *, fraction=None, num_examples=None, subset_seed=0,

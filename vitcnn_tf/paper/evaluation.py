@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from vitcnn_tf import representations
+from vitcnn_tf import representations, runtime
 from vitcnn_tf.data.elements import element_images
 
 
@@ -124,7 +124,7 @@ def dataset_arrays(data, name="data"):
 def image_dataset(images, batch_size):
     """``images [n, H, W, C]`` as a ``tf.data.Dataset`` of ``batch_size`` batches in order (for
     ``representations.accumulate_cka``, which needs a dataset to run under a distribution strategy)."""
-    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).with_options(runtime.dataset_options())
 
 
 def predict_accuracy(model, images, labels, batch_size=256):

@@ -179,9 +179,9 @@ def localization_checks(images, tokens, setups, cls_label, gap_label, patch_size
         token_factors = measure_checks.array_factors(tokens[label][:, prefix:].transpose(1, 0, 2))
         shares[label] = own_patch_share(measure_checks.procrustes_pairs(token_factors, patch_factors), own)
         if label == cls_label:
-            token_grams, own_pairs = measure_checks.grams(token_factors), np.argwhere(own)
-    patch_grams = measure_checks.grams(patch_factors)
-    own_pair_cka = measure_checks.paired_linear_cka(token_grams[own_pairs[:, 0]], patch_grams[own_pairs[:, 1]])
+            cls_token_factors, own_pairs = token_factors, np.argwhere(own)
+    own_pair_cka = measure_checks.paired_linear_cka([cls_token_factors[token] for token in own_pairs[:, 0]],
+                                                    [patch_factors[patch] for patch in own_pairs[:, 1]])
 
     def own_patch_cka(order):
         values = own_pair_cka(order)

@@ -117,13 +117,8 @@ def procrustes_pairs(rows, cols):
     good_rows = [i for i, factor in enumerate(rows) if factor is not None]
     good_cols = [j for j, factor in enumerate(cols) if factor is not None]
     if good_rows and good_cols:
-        width = max(factor.shape[1] for factor in rows + cols if factor is not None)
-
-        def padded(indices, factors):
-            return np.stack([np.pad(factors[i], [(0, 0), (0, width - factors[i].shape[1])]) for i in indices])
-
-        stacked_cols = padded(good_cols, cols)
-        for i, row in zip(good_rows, padded(good_rows, rows)):
+        stacked_cols = _stacked([cols[j] for j in good_cols])
+        for i, row in zip(good_rows, _stacked([rows[i] for i in good_rows])):
             matrix[i, good_cols] = np.linalg.svd(row.T @ stacked_cols, compute_uv=False).sum(axis=-1)
     return matrix
 
@@ -154,16 +149,37 @@ def minibatch_cka(rows, cols, batch_size):
 
 
 def paired_linear_cka(rows, cols):
-    """``order -> [Q]``: the linear CKA (biased HSIC over all ``n`` examples) of the centred Gram matrices
-    ``rows[q]`` and ``cols[q]`` (``[Q, n, n]`` each), the examples of ``cols`` reordered by ``order`` (None: as
-    they are). The norms are computed once: a reordering permutes a Gram matrix's entries, so it keeps its norm."""
-    norms = np.linalg.norm(rows, axis=(1, 2)) * np.linalg.norm(cols, axis=(1, 2))
+    """``order -> [Q]``: the linear CKA (biased HSIC over all ``n`` examples) of the pairs of factors ``rows[q]``
+    ``[n, a]`` and ``cols[q]`` ``[n, b]`` (as ``tap_factors``: centred, their Gram matrices ``F F^T``; None: NaN),
+    the examples of ``cols`` reordered by ``order`` (None: as they are).
+
+    Computed without ``n x n`` matrices: ``<F F^T, G G^T> = ||F^T G||_F^2``, so a reordering costs one
+    ``[a, n] x [n, b]`` product per pair; the norms ``||F^T F||_F`` are computed once (a reordering keeps them)."""
+    if len(rows) != len(cols):
+        raise ValueError(f"paired_linear_cka: {len(rows)} row factors and {len(cols)} column factors; expected pairs")
+    good = [q for q, (row, col) in enumerate(zip(rows, cols)) if row is not None and col is not None]
+    left, right = (_stacked([factors[q] for q in good]) for factors in (rows, cols))  # [G, n, a], [G, n, b]
+    if good:
+        norms = (np.linalg.norm(np.matmul(left.transpose(0, 2, 1), left), axis=(1, 2))
+                 * np.linalg.norm(np.matmul(right.transpose(0, 2, 1), right), axis=(1, 2)))
 
     def cka(order=None):
-        reordered = cols if order is None else cols[:, np.asarray(order)[:, None], np.asarray(order)[None, :]]
-        return np.einsum("qij,qij->q", rows, reordered) / norms
+        values = np.full(len(rows), np.nan)
+        if good:
+            reordered = right if order is None else right[:, np.asarray(order)]
+            values[good] = np.square(np.matmul(left.transpose(0, 2, 1), reordered)).sum(axis=(1, 2)) / norms
+        return values
 
     return cka
+
+
+def _stacked(factors):
+    """``[G, n, w]`` stack of ``[n, w_g]`` factors, padded with zero columns to the widest (which leaves every inner
+    product unchanged); ``[0, 0, 0]`` for none."""
+    if not factors:
+        return np.zeros((0, 0, 0))
+    width = max(factor.shape[1] for factor in factors)
+    return np.stack([np.pad(factor, [(0, 0), (0, width - factor.shape[1])]) for factor in factors])
 
 
 def _u_centred(k):
