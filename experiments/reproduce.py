@@ -1,6 +1,6 @@
 """Reproduce the paper: train (or reuse) the models, run every experiment of Sections 4 to 8, write a report.
 
-    python -m experiments.reproduce                         # CPU preset: the embedded zoo, offline, < 30 min
+    python -m experiments.reproduce                         # CPU preset: the shipped zoo, offline, about 5 min
     python -m experiments.reproduce --only sec4,sec6        # a subset of the stages (prefixes of stage names)
     python -m experiments.reproduce --preset paper --checkpoints ckpt/ --data-dir ~/tensorflow_datasets
     python -m experiments.reproduce --preset paper --checkpoints ckpt/ --dataset image_folder --data-dir imgs/ \
