@@ -25,7 +25,7 @@ keep freed memory for reuse (its effect on a stage: docs/reproduction.md).
 In a process limited to a few threads (:func:`limit_threads`), :func:`dataset_options` turns tf.data's autotuning
 off: with one thread there is nothing to share out, and deleting an iterator waits for the autotuning thread's
 current sleep (its optimisation period doubles up to a minute), which stalled the analysis stages' worker processes
-for 2 to 19 s at a time with no CPU use (docs/reproduction.md).
+for 2 to 20 s at a time with no CPU use (docs/reproduction.md).
 """
 
 import ctypes
