@@ -86,14 +86,18 @@ def max_pool_valid(x, size, stride):
     return _windows(x, size, stride).max(axis=(-2, -1))
 
 
-def group_norm_relu(x, gamma, beta, num_groups, epsilon=1e-5):
-    """relu(GroupNorm(x)): statistics over H, W and the channels of each group."""
+def group_norm(x, gamma, beta, num_groups, epsilon=1e-5):
+    """GroupNorm(x) of ``x [n, H, W, C]``: statistics over H, W and the channels of each group."""
     n, h, w, c = x.shape
     grouped = x.reshape(n, h, w, num_groups, c // num_groups)
     mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
     var = grouped.var(axis=(1, 2, 4), keepdims=True)
-    normalized = ((grouped - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c)
-    return np.maximum(normalized * gamma + beta, 0.0)
+    return ((grouped - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c) * gamma + beta
+
+
+def group_norm_relu(x, gamma, beta, num_groups, epsilon=1e-5):
+    """relu(GroupNorm(x))."""
+    return np.maximum(group_norm(x, gamma, beta, num_groups, epsilon), 0.0)
 
 
 def resnet_v2_forward(params, images, stem, num_groups):

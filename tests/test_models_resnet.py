@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import helpers
-from numpy_forward_resnet import (expected_release_shapes, random_release_arrays, resnet_v2_forward,
+from numpy_forward_resnet import (expected_release_shapes, group_norm, random_release_arrays, resnet_v2_forward,
                                   standardize_kernel)
 from vitcnn_tf.models.resnet_v2 import ChannelSumGroupNormalization, ResNetV2, ResNetV2Config, StandardizedConv2D
 
@@ -130,7 +130,6 @@ def test_standardized_conv_config_round_trip():
     assert (clone.filters, clone.kernel_size, clone.strides, clone.epsilon) == (7, (3, 3), (2, 2), 1e-8)
 
 
-
 # ---------------------------------------------------------------- group normalisation
 
 
@@ -146,7 +145,7 @@ def test_channel_sum_group_norm_is_keras_group_norm_and_the_float64_closed_form(
         layer.gamma.assign(gamma)
         layer.beta.assign(beta)
     found = keras.ops.convert_to_numpy(ours(x))
-    np.testing.assert_allclose(found, _group_norm(x.astype(np.float64), gamma, beta, 4), atol=2e-5)
+    np.testing.assert_allclose(found, group_norm(x.astype(np.float64), gamma, beta, 4), atol=2e-5)
     np.testing.assert_allclose(found, keras.ops.convert_to_numpy(theirs(x)), atol=1e-4)
 
 
@@ -163,15 +162,6 @@ def test_channel_sum_group_norm_keeps_keras_weights_and_config():
     layer_3d.build(tokens.shape)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer_3d(tokens)),
                                keras.ops.convert_to_numpy(reference(tokens)), atol=1e-6)
-
-
-def _group_norm(x, gamma, beta, num_groups, epsilon=1e-5):
-    """Float64 GroupNorm of ``x [n, h, w, c]``: statistics over ``h, w`` and the channels of each group."""
-    n, h, w, c = x.shape
-    grouped = x.reshape(n, h, w, num_groups, c // num_groups)
-    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
-    var = grouped.var(axis=(1, 2, 4), keepdims=True)
-    return ((grouped - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c) * gamma + beta
 
 
 # ---------------------------------------------------------------- checkpoint layout and taps
