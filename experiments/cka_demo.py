@@ -12,11 +12,12 @@ activations to ``vitcnn_tf.metrics.cka.MinibatchCKA``, checks the heatmap agains
 import os
 import sys
 
+from experiments import common  # first: imports TensorFlow quietly
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf.metrics import cka, reference  # noqa: E402
 

@@ -29,6 +29,10 @@ import tempfile
 import time
 import traceback
 
+from vitcnn_tf import runtime
+
+runtime.import_tensorflow()  # quietly, before the modules below import it
+
 from vitcnn_tf import atomic_io  # noqa: E402
 from vitcnn_tf import data as data_lib  # noqa: E402
 from vitcnn_tf import findings as findings_lib  # noqa: E402
@@ -220,23 +224,26 @@ def _run_options(options, out, twin, *, first, module, check):
     return run_options, ""
 
 
-def run_experiment(module, options):
+def run_experiment(module, options, pool=None):
     """Runs ``module.run`` once per run of :func:`experiment_runs` and returns the first run's summary: as it is when
     no other run takes place, else with the findings pooled over the seeds, each with its control
     (``vitcnn_tf.findings.pool_seeds``; the claims of ``vitcnn_tf.claims`` say which are about learning), and
     ``runs``: every run's name, folder, models and why it was skipped. The pooled summary replaces the first run's
-    ``summary.json``. The runs share a ``vitcnn_tf.model_specs.ModelPool``: a run's models are the earlier runs'
-    model objects of the same architectures, with the run's own weights, so what was compiled for them is reused."""
+    ``summary.json``. The runs share a ``vitcnn_tf.model_specs.ModelPool`` (``pool``, e.g. one kept by the caller
+    for several experiments; default a new one): a run's models are the earlier runs' model objects of the same
+    architectures, with the run's own weights, so what was compiled for them is reused."""
     from vitcnn_tf import claims
 
     runs = experiment_runs(options, module)
     summaries, listing = {}, []
-    _MODEL_POOL.append(model_spec_lib.ModelPool())
+    _MODEL_POOL.append(model_spec_lib.ModelPool() if pool is None else pool)
     try:
         for name, run_options, skipped in runs:
             if not skipped:
-                summaries[name] = module.run(run_options)
-                _MODEL_POOL[-1].release()
+                try:
+                    summaries[name] = module.run(run_options)
+                finally:
+                    _MODEL_POOL[-1].release()
             listing.append({"name": name, "folder": os.path.relpath(run_options.out, options.out),
                             "models": run_options.models, "skipped": skipped})
     finally:

@@ -52,6 +52,7 @@ progress line per stage or training with an estimate of the time left, and a one
 under that ``tf.distribute`` strategy.
 """
 
+import argparse
 import ast
 import contextlib
 import dataclasses
@@ -69,6 +70,45 @@ import traceback
 import zipfile
 
 import numpy as np
+
+from vitcnn_tf import parallel, runtime
+
+# The stage modules, which the worker server imports with TensorFlow (see start_worker_server_early)
+STAGE_MODULES = ("experiments.sec4_representation_structure", "experiments.sec5_attention_distance",
+                 "experiments.sec5_local_global_heads", "experiments.sec5_receptive_fields",
+                 "experiments.sec6_skip_connections", "experiments.sec7_localization", "experiments.sec7_linear_probes",
+                 "experiments.sec8_data_scale")
+
+
+def default_jobs(preset, strategy):
+    """``--jobs`` when not given: one worker per CPU for the CPU preset without a strategy, else 1 (this process)."""
+    return parallel.default_num_workers() if preset == "cpu" and strategy == "none" else 1
+
+
+def start_worker_server_early(argv):
+    """Starts the server that forks the worker processes (``vitcnn_tf.parallel.start_worker_server``, with
+    ``experiments.common`` and :data:`STAGE_MODULES`) when the command line ``argv`` runs stages in workers, i.e.
+    unless it asks for ``--help`` or one job. Called before this process imports TensorFlow, so that the server's
+    import of TensorFlow and the stages runs beside this process's own, and every worker starts with them loaded.
+    Returns whether it started the server; a command line it cannot read is left to the full parser."""
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early.add_argument("-h", "--help", action="store_true")
+    early.add_argument("--preset", default="cpu")
+    early.add_argument("--strategy", default="none")
+    early.add_argument("--jobs", default=None)
+    try:
+        known, _ = early.parse_known_args(argv)
+        jobs = default_jobs(known.preset, known.strategy) if known.jobs is None else int(known.jobs)
+    except (argparse.ArgumentError, ValueError):
+        return False
+    if known.help or jobs < 2:
+        return False
+    parallel.start_worker_server(preload=("experiments.common", *STAGE_MODULES))
+    return True
+
+
+if __name__ == "__main__":
+    start_worker_server_early(sys.argv[1:])
 
 from experiments import common  # noqa: E402
 from vitcnn_tf import atomic_io  # noqa: E402
@@ -710,6 +750,11 @@ def read_stage_record(stage_dir):
     return record, ""
 
 
+# The model objects of the stages run in this process (a worker runs several): a stage gets those of earlier stages
+# of the same architectures, with its own weights, so their builds, initial weights and compiled functions are reused.
+_STAGE_MODELS = model_specs.ModelPool()
+
+
 def run_stage(plan):
     """Runs (or reuses) one planned stage; returns ``{stage, status, seconds, summary, note, record, why, error}``.
 
@@ -734,7 +779,7 @@ def run_stage(plan):
     options.out = atomic_io.fresh_sibling(target)
     start = time.perf_counter()
     try:
-        summary = common.run_experiment(module, options)
+        summary = common.run_experiment(module, options, pool=_STAGE_MODELS)
         seconds = time.perf_counter() - start
         record = {"format": STAGE_FORMAT, "stage": stage.name, "fingerprint": fingerprint, "run": plan.run,
                   "command": _command(module, plan.argv),
@@ -774,7 +819,7 @@ def run_pipeline(args, plans, progress):
     """Trains the missing zoo models (CPU preset) and runs the planned stages in ``args.jobs`` worker processes,
     each stage as soon as its models are ready; ``progress`` (:class:`PipelineProgress`) is told of every start and
     end. Returns ``(results of run_stage in plan order, {recipe: "trained" | "cached" | "failed"})``."""
-    from vitcnn_tf import parallel, zoo
+    from vitcnn_tf import zoo
 
     recipes_of = {plan.stage.name: [spec for _, spec in plan.models if spec in zoo.RECIPES]
                   if args.preset == "cpu" and plan.argv else [] for plan in plans}
@@ -1092,9 +1137,7 @@ def main(argv=None):
 
 def _check_arguments(args):
     if args.jobs is None:
-        from vitcnn_tf import parallel
-
-        args.jobs = parallel.default_num_workers() if args.preset == "cpu" and args.strategy == "none" else 1
+        args.jobs = default_jobs(args.preset, args.strategy)
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected at least 1")
     if args.jobs > 1:
@@ -1186,4 +1229,4 @@ def _file_key(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.exit_without_teardown(main())  # every output is written by then

@@ -2,6 +2,13 @@
 
 import os
 
+IMPORTED_IN = os.getpid()  # the process that imported this module: a worker, or the worker server that preloads it
+
+
+def where_imported():
+    """(pid of the process that imported this module, this process's pid, its parent's pid)."""
+    return IMPORTED_IN, os.getpid(), os.getppid()
+
 
 def square(value):
     return value * value
@@ -12,6 +19,10 @@ def process_id_and_threads():
     import tensorflow as tf
 
     return os.getpid(), tf.config.threading.get_intra_op_parallelism_threads()
+
+
+def environment_variable(name):
+    return os.environ.get(name)
 
 
 def fail(message):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import helpers
-from vitcnn_tf import atomic_io, zoo
+from vitcnn_tf import atomic_io, model_specs, zoo
 from vitcnn_tf.model_specs import (ModelPool, ModelSpec, init_spec, load_model, load_models, model_identity,
                                    parse_model_spec, seed_twin)
 from vitcnn_tf.models import ViT, load_timm, save_npz
@@ -231,6 +231,21 @@ def test_a_model_pool_hands_out_kept_models_with_the_weights_of_the_new_spec(tmp
     reference = load_model(f"ViT-CPU/4:{CPU_VIT}")
     keras.utils.set_random_seed(7)
     helpers.assert_same_forward(pool.load_model(f"ViT-CPU/4:{CPU_VIT}"), reference, images)
+
+
+def test_a_model_pool_builds_an_initialisation_once(monkeypatch):
+    pool = ModelPool()
+    first = pool.load_model(f"init:ViT-CPU/4:{CPU_VIT}")
+    initial = [weight.copy() for weight in first.get_weights()]
+    pool.release()
+    assert pool.load_model(f"ViT-CPU/4:{CPU_VIT}") is first  # a preset's fresh draw replaces the weights
+    assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), initial))
+    pool.release()
+    builds = []
+    monkeypatch.setattr(model_specs, "_initial_model", lambda *args: builds.append(args))
+    again = pool.load_model(f"init:ViT-CPU/4:{CPU_VIT}")
+    assert again is first and builds == []
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), initial))
 
 
 def test_a_model_pool_loads_a_zoo_model_into_a_kept_one():

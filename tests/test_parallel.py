@@ -1,6 +1,9 @@
-"""vitcnn_tf.parallel: dependency order, cost order, failures, and the spawned single-threaded workers."""
+"""vitcnn_tf.parallel: dependency order, cost order, failures, and the single-threaded workers forked from the
+worker server."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -64,6 +67,33 @@ def test_two_spawned_single_threaded_workers():
     process_ids = {pid for pid, _ in probes}
     assert os.getpid() not in process_ids and len(process_ids) == 4  # a fresh process for every task
     assert all(threads == 1 for _, threads in probes)
+
+
+@pytest.mark.slow
+def test_workers_are_forked_from_the_server_that_imported_the_preloaded_modules():
+    """In a fresh process (this one's server may be running already, with other modules): the server imports
+    ``parallel_tasks``; the workers are its children and find the module imported, by the server."""
+    script = ("from vitcnn_tf import parallel\n"
+              "import parallel_tasks\n"
+              "parallel.start_worker_server(preload=('parallel_tasks',))\n"
+              "tasks = [parallel.Task(f't{i}', parallel_tasks.where_imported) for i in range(3)]\n"
+              "print(list(parallel.run_tasks(tasks, num_workers=2).values()))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    places = eval(done.stdout.strip().splitlines()[-1])  # [(imported in, worker pid, worker's parent)]
+    servers = {imported_in for imported_in, _, _ in places}
+    assert len(servers) == 1 and all(parent == imported_in != pid for imported_in, pid, parent in places)
+    assert len({pid for _, pid, _ in places}) == 3
+
+
+@pytest.mark.slow
+def test_a_task_sees_the_environment_of_the_pool_process_when_it_starts(monkeypatch):
+    parallel.start_worker_server()  # the server's environment is this process's before the change
+    monkeypatch.setenv("VITCNN_TF_TEST_SETTING", "set after the server started")
+    tasks = [Task(f"t{i}", parallel_tasks.environment_variable, ("VITCNN_TF_TEST_SETTING",), isolated=i == 0)
+             for i in range(3)]
+    assert set(parallel.run_tasks(tasks, num_workers=2).values()) == {"set after the server started"}
 
 
 @pytest.mark.slow

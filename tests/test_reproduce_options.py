@@ -10,6 +10,7 @@ import reproduce_fake_stage as fake
 
 from experiments import common, reproduce
 
+STAGES = reproduce.STAGES  # the real stages (the fixture below replaces them by fakes)
 TINY_VIT = "ViT-CPU/4:num_layers=2,hidden_size=16,mlp_dim=32,num_heads=4,image_size=16,num_classes=3"
 TINY_RESNET = "ResNetV2-CPU:image_size=16,num_classes=3"
 
@@ -121,3 +122,20 @@ def test_a_resnet_where_a_vit_is_needed_is_one_line(tmp_path, capsys):
                                                 "--num-examples", "8", "--batch-size", "8", "--no-progress",
                                                 "--out", str(tmp_path / "out"), zoo_dir=tmp_path / "zoo"))
     assert re.search(r"resnet model[,;] expected vit", error), error
+
+
+def test_the_worker_server_preloads_the_module_of_every_stage():
+    assert {stage.module or f"experiments.{stage.name}" for stage in STAGES} == set(reproduce.STAGE_MODULES)
+
+
+@pytest.mark.parametrize("argv, starts", [
+    ([], True), (["--only", "sec4"], True), (["--jobs", "2"], True), (["--preset", "paper", "--jobs", "2"], True),
+    (["--help"], False), (["-h"], False), (["--jobs", "1"], False), (["--job", "1"], False),
+    (["--preset", "paper"], False), (["--strategy", "mirrored"], False), (["--jobs"], False), (["--jobs", "x"], False),
+])
+def test_the_worker_server_starts_early_only_when_stages_run_in_workers(monkeypatch, argv, starts):
+    started = []
+    monkeypatch.setattr(reproduce.parallel, "start_worker_server", lambda preload=(): started.append(preload))
+    monkeypatch.setattr(reproduce.parallel, "default_num_workers", lambda: 2)
+    assert reproduce.start_worker_server_early(argv) is starts
+    assert started == ([("experiments.common", *reproduce.STAGE_MODULES)] if starts else [])

@@ -1,7 +1,9 @@
 """Runtime settings of the processes the project starts: the allocator settings are accepted by glibc; tf.data
-options follow the thread limit."""
+options follow the thread limit; a command's exit without teardown keeps its status and buffered output."""
 
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -15,9 +17,6 @@ def test_glibc_accepts_every_allocator_setting():
 
 
 def test_dataset_options_turn_autotuning_off_only_in_a_thread_limited_process():
-    import subprocess
-    import sys
-
     assert runtime.thread_limit() is None  # the test process keeps TensorFlow's thread pools
     assert runtime.dataset_options().autotune.enabled is None  # TensorFlow's default (on)
     script = ("from vitcnn_tf import runtime; from vitcnn_tf.data import pipeline; runtime.limit_threads(1); "
@@ -26,3 +25,10 @@ def test_dataset_options_turn_autotuning_off_only_in_a_thread_limited_process():
               "options.threading.max_intra_op_parallelism)")
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert found.stdout.split() == ["False", "1", "1"]
+
+
+def test_exit_without_teardown_flushes_the_output_and_keeps_the_status():
+    script = ("import atexit, sys; from vitcnn_tf import runtime; atexit.register(print, 'teardown ran'); "
+              "print('written', end=''); sys.stderr.write('warned'); runtime.exit_without_teardown(3)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "written", "warned")

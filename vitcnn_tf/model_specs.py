@@ -192,14 +192,16 @@ class ModelPool:
 
     :meth:`load_model` gives the model of ``spec`` as :func:`load_model` does. When a kept model of the same
     architecture (the same config) is free, it is that model with ``spec``'s weights loaded into it: a zoo model's
-    or checkpoint's file read into it, an initialisation's or preset's weights copied from a freshly built model.
-    :meth:`release` frees every model handed out, once a run is done with them. A ``.keras`` file's model is never
-    kept.
+    or checkpoint's file read into it, a preset's weights copied from a freshly built model, an initialisation's
+    weights as its first build drew them (they are seeded, so the pool keeps them instead of building the model
+    again). :meth:`release` frees every model handed out, once a run is done with them. A ``.keras`` file's model
+    is never kept.
     """
 
     def __init__(self):
         self._free = {}  # architecture -> [kept model], in the order they were first handed out
         self._taken = []  # [(architecture, model)] handed out since the last release
+        self._initial_weights = {}  # (init spec, data_dir) -> the weights of its build
 
     def load_model(self, spec, *, zoo_dir=None, data_dir=None, verbose=0):
         """The model of ``spec`` (arguments as :func:`load_model`), a kept one where its architecture allows."""
@@ -210,9 +212,14 @@ class ModelPool:
         free = self._free.get(architecture)
         if free:
             model = free.pop(0)
-            _load_weights_into(model, spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
+            if spec.kind == "init":
+                model.set_weights(self._initial_weights_of(spec, data_dir))
+            else:
+                _load_weights_into(model, spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
         else:
             model = load_model(spec, zoo_dir=zoo_dir, data_dir=data_dir, verbose=verbose)
+            if spec.kind == "init":
+                self._initial_weights.setdefault((spec.text, data_dir), model.get_weights())
         self._taken.append((architecture, model))
         return model
 
@@ -221,6 +228,12 @@ class ModelPool:
         for architecture, model in self._taken:
             self._free.setdefault(architecture, []).append(model)
         self._taken = []
+
+    def _initial_weights_of(self, spec, data_dir):
+        key = (spec.text, data_dir)
+        if key not in self._initial_weights:
+            self._initial_weights[key] = load_model(spec, data_dir=data_dir).get_weights()
+        return self._initial_weights[key]
 
 
 def _architecture(spec, data_dir):
@@ -246,7 +259,7 @@ def _load_weights_into(model, spec, *, zoo_dir, data_dir, verbose):
     elif spec.kind == "checkpoint":
         _require_file(spec)
         registry.load_checkpoint(model, spec.path)
-    else:  # an initialisation or a preset: the weights a fresh build draws
+    else:  # a preset: the weights a fresh build draws
         model.set_weights(load_model(spec, zoo_dir=zoo_dir, data_dir=data_dir).get_weights())
 
 

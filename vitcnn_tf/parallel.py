@@ -9,27 +9,30 @@ models of this project are small, and most of their ops cannot keep several core
     results = run_tasks(tasks, num_workers=2)     # {"vit": ..., "resnet": ..., "sec4": ...}
 
 A task starts once every task it names in ``after`` has finished; among the tasks ready to start, the costliest
-goes first (longest-processing-time scheduling). Tasks run in spawned worker processes (never forked: TensorFlow's
-runtime does not survive a fork) whose TensorFlow and BLAS thread pools are limited by
-:func:`vitcnn_tf.runtime.limit_threads`. An ``isolated`` task (the default) gets a fresh process that ends with it,
-so nothing a task leaves behind (Keras name counters, graphs, tf.data threads) reaches another one. A task with
-``isolated=False`` may run in a worker that ran other such tasks before it (Keras' global state is cleared in
-between): it saves the start-up of a process, about 8 s of importing TensorFlow 2.21 on a 2-core Intel Xeon, and
-suits tasks whose results do not depend on what ran before them (the analysis stages: each seeds its own random
-state). A worker process that dies (killed, out of memory) fails only the task it was running; the other workers go
-on, and a fresh process takes its place. With ``num_workers=1`` the tasks run in this process, one after the other,
-without thread limits. Task functions and their arguments must be picklable (module-level functions, plain data)
-and their results too.
+goes first (longest-processing-time scheduling). Tasks run in worker processes whose TensorFlow and BLAS thread
+pools are limited by :func:`vitcnn_tf.runtime.limit_threads`. On Linux and macOS the workers are forked from a
+server process (:func:`start_worker_server`) that has imported TensorFlow but never ran an op, so a worker starts
+in milliseconds instead of importing TensorFlow 2.21 itself (about 8 s on a 2-core Intel Xeon); elsewhere they are
+spawned. A process that has run TensorFlow ops is never forked (its runtime does not survive a fork). An
+``isolated`` task (the default) gets a fresh process that ends with it, so nothing a task leaves behind (Keras name
+counters, graphs, tf.data threads) reaches another one. A task with ``isolated=False`` may run in a worker that ran
+other such tasks before it (Keras' global state is cleared in between), which suits tasks whose results do not
+depend on what ran before them (the analysis stages: each seeds its own random state). A worker process that dies
+(killed, out of memory) fails only the task it was running; the other workers go on, and a fresh process takes its
+place. With ``num_workers=1`` the tasks run in this process, one after the other, without thread limits. Task
+functions and their arguments must be picklable (module-level functions, plain data) and their results too.
 
 A worker process dies with the process that started it, even when that one is killed with ``kill -9``
-(:func:`vitcnn_tf.runtime.die_with_parent`), so an interrupted run leaves no worker behind still writing results;
-it imports TensorFlow without its C++ start-up log lines (:func:`vitcnn_tf.runtime.import_tensorflow`).
+(:func:`vitcnn_tf.runtime.die_with_creator`), so an interrupted run leaves no worker behind still writing results;
+the server then ends too. A task sees the environment variables of the pool's process as they were when it
+started. TensorFlow is imported without its C++ start-up log lines
+(:func:`vitcnn_tf.runtime.import_tensorflow`).
 """
 
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
-from multiprocessing import reduction
+from multiprocessing import forkserver, reduction
 import os
 import traceback
 from typing import Callable
@@ -68,6 +71,26 @@ def default_num_workers():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def start_worker_server(preload=()):
+    """Starts the server process that forks this process's workers, if it is not running yet, and returns the
+    ``multiprocessing`` context the workers come from.
+
+    The server imports TensorFlow (:mod:`vitcnn_tf.worker_preload`) and then the modules named in ``preload``, once;
+    every worker forked from it starts with them loaded instead of importing them itself. The server never runs a
+    TensorFlow op, so the forked workers start from a clean runtime. :func:`run_tasks` starts the server when it
+    needs workers; a command that calls this first, before it imports TensorFlow itself, has both imports run at
+    once. A server already running keeps the modules it has. Where ``fork`` is not available (not on Linux or
+    macOS), the workers are spawned and import what they need themselves.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    runtime.set_environment_defaults()  # the server's environment, inherited by the workers
+    context.set_forkserver_preload(["vitcnn_tf.worker_preload", *preload])
+    forkserver.ensure_running()
+    return context
 
 
 def run_tasks(tasks, *, num_workers=None, threads_per_worker=1, on_start=None, on_done=None, on_tick=None,
@@ -197,12 +220,11 @@ class _WorkerError:
 
 
 class _Worker:
-    """One spawned worker process and the pipe to it; ``task`` is the task it runs (None when idle)."""
+    """One worker process and the pipe to it; ``task`` is the task it runs (None when idle)."""
 
     def __init__(self, context, threads):
         self.connection, child_end = context.Pipe()
-        self.process = context.Process(target=_worker_loop, args=(child_end, threads, os.getpid()),
-                                       name="vitcnn_tf-worker")
+        self.process = context.Process(target=_worker_loop, args=(child_end, threads), name="vitcnn_tf-worker")
         self.process.start()
         child_end.close()
         self.task = None
@@ -227,7 +249,7 @@ class _WorkerPool:
     def __init__(self, size, threads):
         self.size = size
         self.threads = threads
-        self.context = multiprocessing.get_context("spawn")
+        self.context = start_worker_server()
         self.workers = []
 
     def __enter__(self):
@@ -247,7 +269,8 @@ class _WorkerPool:
     def start(self, task):
         """Runs ``task`` in an idle worker (a non-isolated task) or in a fresh one; raises what pickling the task
         raised (e.g. arguments that cannot be pickled, no worker touched) or OSError (the worker had died)."""
-        message = reduction.ForkingPickler.dumps((task.function, task.args, task.kwargs, not task.isolated))
+        message = reduction.ForkingPickler.dumps((task.function, task.args, task.kwargs, not task.isolated,
+                                                  dict(os.environ)))
         for worker in [worker for worker in self.workers if worker.task is None and not worker.process.is_alive()]:
             self._remove(worker)
         idle = [worker for worker in self.workers if worker.task is None]  # only ever ran non-isolated tasks
@@ -299,16 +322,13 @@ class _WorkerPool:
         self.workers.remove(worker)
 
 
-@dataclasses.dataclass(frozen=True)
-class _WorkerError:
-    traceback: str
-
-
-def _worker_loop(connection, threads, parent_pid):
-    """A worker process: runs ``(function, args, kwargs, tidy_up)`` messages until it receives None or its
-    parent's pipe closes; sends back each result, or an exception as :class:`_WorkerError` with its traceback.
-    ``tidy_up``: afterwards clear Keras' global state (name counters, graphs) for the next task."""
-    runtime.die_with_parent(parent_pid)
+def _worker_loop(connection, threads):
+    """A worker process: runs ``(function, args, kwargs, tidy_up, environment)`` messages until it receives None or
+    its parent's pipe closes; sends back each result, or an exception as :class:`_WorkerError` with its traceback.
+    Each task runs with ``environment``, the pool process's environment variables when the task started (a forked
+    worker would otherwise have the server's, from when the server started). ``tidy_up``: afterwards clear Keras'
+    global state (name counters, graphs) for the next task. The worker dies with the pool's process."""
+    runtime.die_with_creator()
     runtime.import_tensorflow()
     runtime.limit_threads(threads)
     while True:
@@ -318,7 +338,10 @@ def _worker_loop(connection, threads, parent_pid):
             return
         if message is None:
             return
-        function, args, kwargs, tidy_up = message
+        function, args, kwargs, tidy_up, environment = message
+        if environment != os.environ:
+            os.environ.clear()
+            os.environ.update(environment)
         try:
             result = function(*args, **kwargs)
         except Exception:  # noqa: BLE001 (sent back to the parent with the worker-side traceback)

@@ -134,12 +134,12 @@ def minibatch_cka(rows, cols, batch_size):
     between Gram matrices ``rows [R, n, n]`` and ``cols [C, n, n]``, the examples of ``cols`` reordered by ``order``
     (None: as they are). The rows' U-centred minibatch blocks and norms are computed once."""
     blocks = np.arange(rows.shape[1]).reshape(-1, batch_size)  # [B, b]
-    row_blocks = _u_centred(rows[:, blocks[:, :, None], blocks[:, None, :]]).reshape(len(rows), -1)  # [R, B b b]
+    row_blocks = _u_centred_blocks(rows, blocks).reshape(len(rows), -1)  # [R, B b b]
     self_rows = np.einsum("rk,rk->r", row_blocks, row_blocks)
 
     def cka(order=None):
         reordered = blocks if order is None else np.asarray(order)[blocks]
-        col_blocks = _u_centred(cols[:, reordered[:, :, None], reordered[:, None, :]]).reshape(len(cols), -1)
+        col_blocks = _u_centred_blocks(cols, reordered).reshape(len(cols), -1)
         cross = row_blocks @ col_blocks.T  # the HSIC_1 sums over the minibatches, by a matrix product
         self_cols = np.einsum("ck,ck->c", col_blocks, col_blocks)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -182,13 +182,20 @@ def _stacked(factors):
     return np.stack([np.pad(factor, [(0, 0), (0, width - factor.shape[1])]) for factor in factors])
 
 
-def _u_centred(k):
-    """Song et al.'s U-centring of ``[..., b, b]`` Gram matrices (``reference.center_gram(unbiased=True)``)."""
+def _u_centred_blocks(grams, blocks):
+    """``[L, n, n]`` Gram matrices -> ``[L, B, b, b]``: the blocks of the examples ``blocks [B, b]``, each U-centred
+    (Song et al.; ``reference.center_gram(unbiased=True)``). Gathered by two ``take`` s per block and centred in
+    place, which is several times faster than NumPy's fancy indexing and temporaries."""
+    k = np.stack([grams.take(block, axis=1).take(block, axis=2) for block in blocks], axis=1)
     b = k.shape[-1]
-    k = k * (1.0 - np.eye(b))
+    diagonal = np.arange(b)
+    k[..., diagonal, diagonal] = 0.0
     means = k.sum(axis=-1) / (b - 2)
     means -= means.sum(axis=-1, keepdims=True) / (2 * (b - 1))
-    return (k - means[..., :, None] - means[..., None, :]) * (1.0 - np.eye(b))
+    k -= means[..., :, None]
+    k -= means[..., None, :]
+    k[..., diagonal, diagonal] = 0.0
+    return k
 
 
 def null_check(statistic, num_examples, compared, estimator, num_permutations=DEFAULT_NULL_PERMUTATIONS, seed=0):
