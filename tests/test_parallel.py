@@ -55,7 +55,7 @@ def test_bad_worker_count_raises():
 
 
 @pytest.mark.slow
-def test_two_spawned_single_threaded_workers():
+def test_two_single_threaded_workers():
     tasks = [Task(f"probe{i}", parallel_tasks.process_id_and_threads) for i in range(4)]
     tasks += [Task("bad", parallel_tasks.fail, ("worker boom",)), Task("squared", parallel_tasks.square, (7,))]
     with pytest.raises(parallel.TasksFailed) as caught:
